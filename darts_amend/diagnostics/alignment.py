@@ -1,0 +1,208 @@
+"""How well each hypergradient estimator agrees with a reference, and what it costs.
+
+For one model and one pair of batches, every requested estimator is run once and compared
+with a reference hypergradient -- by default ``implicit_cg`` with many iterations, or, for toy
+models, the dense implicit-function-theorem value ``g = g1 - B H^-1 v`` (``reference="dense"``).
+Both the second term alone (``g2``: the amending / second-order / implicit term) and the full
+gradient are compared, by cosine and by relative error.
+
+Keep in mind (DESIGN.md 2.1): the amended term ``g2' = -eta B H v`` is *not* guaranteed to make
+a non-negative angle with the exact ``g2 = -B H^-1 v``; a negative ``cos_g2`` is a real
+measurement, not a bug.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .spectral import _fixed_randomness, _flatten, _unflatten
+
+__all__ = ["EstimatorAlignment", "AlignmentReport", "alignment", "dense_hypergradient"]
+
+LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+DEFAULT_ESTIMATORS = ("first_order", "amended")
+DEFAULT_REFERENCE_OPTIONS: dict[str, dict[str, Any]] = {
+    "implicit_cg": {"iterations": 50},
+    "implicit_neumann": {"terms": 50},
+}
+
+
+@dataclass(frozen=True)
+class EstimatorAlignment:
+    """One estimator against the reference (all floats; nan where undefined).
+
+    ``cos_g2`` / ``rel_err_g2``: cosine and ``||g2 - g2_ref|| / ||g2_ref||`` of the second term
+    (an estimator without one, e.g. first-order, counts as ``g2 = 0``: cosine nan, error 1);
+    ``g2_norm_ratio``: ``||g2|| / ||g2_ref||``; ``cos_grad`` / ``rel_err_grad``: the same for
+    the full gradient; ``seconds``: wall-clock time of the estimator call.
+    """
+
+    cos_g2: float
+    rel_err_g2: float
+    g2_norm_ratio: float
+    cos_grad: float
+    rel_err_grad: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class AlignmentReport:
+    """Alignment of several estimators with one reference on one pair of batches."""
+
+    reference: str
+    reference_seconds: float
+    estimators: dict[str, EstimatorAlignment]
+
+    def flat(self, prefix: str = "align") -> dict[str, float | None]:
+        """Flat JSON-ready keys ``{prefix}/{estimator}/{field}``; nan / inf become None."""
+        out: dict[str, float | None] = {f"{prefix}/reference_seconds": self.reference_seconds}
+        for name, res in self.estimators.items():
+            for field, value in vars(res).items():
+                out[f"{prefix}/{name}/{field}"] = value if math.isfinite(value) else None
+        return out
+
+
+def _cosine(a: Tensor, b: Tensor) -> float:
+    na, nb = float(a.norm()), float(b.norm())
+    if na == 0 or nb == 0:
+        return math.nan
+    return float(torch.dot(a, b)) / (na * nb)
+
+
+def _rel_err(a: Tensor, ref: Tensor) -> float:
+    nref = float(ref.norm())
+    diff = float((a - ref).norm())
+    if nref == 0:
+        return 0.0 if diff == 0 else math.inf
+    return diff / nref
+
+
+def _ratio(a: Tensor, ref: Tensor) -> float:
+    nref = float(ref.norm())
+    return float(a.norm()) / nref if nref > 0 else (0.0 if float(a.norm()) == 0 else math.inf)
+
+
+def dense_hypergradient(
+    model: nn.Module,
+    train_batch: tuple[Tensor, Tensor],
+    valid_batch: tuple[Tensor, Tensor],
+    *,
+    loss_fn: LossFn | None = None,
+    max_weights: int = 4096,
+) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """The exact implicit hypergradient, ``(g1, g2)`` with ``g2 = -B H^-1 v``, for toy models.
+
+    H is assembled column by column from exact Hessian-vector products (one per weight, so
+    this refuses models with more than ``max_weights`` weights) and solved densely; it must be
+    non-singular. Both results are tuples aligned with ``model.arch_parameters()``.
+    """
+    from darts_amend.hvp import (hessian_vector_product, mixed_vector_product, preserve_state,
+                                 resolve_loss, split_parameters)
+
+    alphas, weights = split_parameters(model)
+    n = sum(w.numel() for w in weights)
+    if n == 0:
+        raise ValueError("the model has no weights: the implicit hypergradient is undefined")
+    if n > max_weights:
+        raise ValueError(f"dense reference needs one Hessian-vector product per weight: the model "
+                         f"has {n} > max_weights={max_weights}; use reference='implicit_cg'")
+    loss = resolve_loss(loss_fn)
+    like = weights[0].detach()
+    with preserve_state(model):
+        val = loss(model, *valid_batch)
+        grads = torch.autograd.grad(val, list(alphas) + list(weights), allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g.detach()
+                 for g, p in zip(grads, list(alphas) + list(weights))]
+        g1, v = grads[: len(alphas)], _flatten(grads[len(alphas):])
+        eye = torch.eye(n, dtype=like.dtype, device=like.device)
+        cols = [_flatten(hessian_vector_product(model, train_batch, _unflatten(eye[i], weights),
+                                                wrt="weights", loss_fn=loss_fn, mode="exact"))
+                for i in range(n)]
+        h = torch.stack(cols, dim=1)
+        h = 0.5 * (h + h.T)  # symmetric up to rounding
+        try:
+            x = torch.linalg.solve(h, v)
+        except RuntimeError as exc:  # torch.linalg.LinAlgError subclasses RuntimeError
+            raise ValueError(f"dense reference: H is singular ({exc})") from exc
+        bx = mixed_vector_product(model, train_batch, _unflatten(x, weights),
+                                  loss_fn=loss_fn, mode="exact")
+    g2 = tuple(-b.detach() for b in bx)
+    return tuple(g1), g2
+
+
+def _normalise_estimators(
+    estimators: Sequence[str] | Mapping[str, Mapping[str, Any] | None],
+) -> dict[str, dict[str, Any]]:
+    if isinstance(estimators, str):
+        raise TypeError("estimators must be a sequence of names or a mapping name -> options, "
+                        f"not the string {estimators!r}")
+    if isinstance(estimators, Mapping):
+        pairs = {name: dict(opts or {}) for name, opts in estimators.items()}
+    else:
+        pairs = {name: {} for name in estimators}
+    if not pairs:
+        raise ValueError("estimators is empty")
+    return pairs
+
+
+def alignment(
+    model: nn.Module,
+    train_batch: tuple[Tensor, Tensor],
+    valid_batch: tuple[Tensor, Tensor],
+    *,
+    estimators: Sequence[str] | Mapping[str, Mapping[str, Any] | None] = DEFAULT_ESTIMATORS,
+    reference: str = "implicit_cg",
+    reference_options: Mapping[str, Any] | None = None,
+    loss_fn: LossFn | None = None,
+) -> AlignmentReport:
+    """Compare estimators with a reference hypergradient on one pair of batches.
+
+    ``estimators``: names (``("first_order", "amended")``) or a mapping from name to options,
+    e.g. ``{"amended": {"eta": 0.1}, "unrolled": {"xi": 0.025}}`` (``unrolled`` needs ``xi``).
+    ``reference``: any estimator name (default ``"implicit_cg"`` with 50 CG iterations) or
+    ``"dense"`` (exact, toy models only: see :func:`dense_hypergradient`, whose
+    ``max_weights`` can be passed in ``reference_options``). The model's weights, BatchNorm
+    statistics and the global RNG are left as found; every call sees the same dropout masks.
+    """
+    from darts_amend.estimators import get_estimator
+    from darts_amend.hvp import preserve_state, split_parameters
+
+    plan = _normalise_estimators(estimators)
+    calls = {name: get_estimator(name) for name in plan}  # ValueError naming the valid names
+    ref_opts = dict(DEFAULT_REFERENCE_OPTIONS.get(reference, {}))
+    ref_opts.update(reference_options or {})
+    ref_call = None if reference == "dense" else get_estimator(reference)
+    alphas, _ = split_parameters(model)
+    like = alphas[0].detach()
+    with preserve_state(model), _fixed_randomness(like.device) as reset:
+        reset()
+        start = time.perf_counter()
+        if ref_call is None:
+            g1, g2 = dense_hypergradient(model, train_batch, valid_batch, loss_fn=loss_fn,
+                                         **ref_opts)
+            ref_g2, ref_grad = _flatten(g2), _flatten(g1) + _flatten(g2)
+        else:
+            ref = ref_call(model, train_batch, valid_batch, loss_fn=loss_fn, **ref_opts)
+            ref_g2 = _flatten(ref.terms.get("g2", tuple(torch.zeros_like(a) for a in alphas)))
+            ref_grad = _flatten(ref.grads)
+        ref_seconds = time.perf_counter() - start
+        results = {}
+        for name, opts in plan.items():
+            reset()
+            start = time.perf_counter()
+            hg = calls[name](model, train_batch, valid_batch, loss_fn=loss_fn, **opts)
+            seconds = time.perf_counter() - start
+            g2 = hg.terms.get("g2")
+            g2 = _flatten(g2).detach() if g2 is not None else torch.zeros_like(ref_g2)
+            grad = _flatten(hg.grads).detach()
+            results[name] = EstimatorAlignment(
+                cos_g2=_cosine(g2, ref_g2), rel_err_g2=_rel_err(g2, ref_g2),
+                g2_norm_ratio=_ratio(g2, ref_g2), cos_grad=_cosine(grad, ref_grad),
+                rel_err_grad=_rel_err(grad, ref_grad), seconds=seconds)
+    return AlignmentReport(reference, ref_seconds, results)

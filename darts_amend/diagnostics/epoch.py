@@ -1,0 +1,202 @@
+"""Per-epoch diagnostics for a search loop: one call, flat JSON-ready keys for metrics.jsonl."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .alignment import DEFAULT_ESTIMATORS, alignment
+from .collapse import (EarlyStopDecision, convergence_rule, edge_entropy, eigen_early_stop, kept_ops,
+                       kept_weights, skip_share)
+from .spectral import dominant_eigenvalue
+
+__all__ = ["collapse_signals", "epoch_diagnostics"]
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+_CURVATURE = ("alphas", "weights")
+
+
+def _edge_order(model: nn.Module, rows: int, steps: int) -> list[tuple[int, int]]:
+    """(node, input_state) of each alpha row: from ``model.space`` when it has one."""
+    space = getattr(model, "space", None)
+    if space is not None and hasattr(space, "edges"):
+        order = list(space.edges())
+        if len(order) == rows:
+            return order
+    if rows == sum(2 + i for i in range(steps)):  # DARTS: every earlier state
+        return [(n, s) for n in range(steps) for s in range(n + 2)]
+    if rows == 2 * steps:  # fixed edges: c_{k-2} and the previous state
+        return [(n, s) for n in range(steps) for s in (0, n + 1)]
+    raise ValueError(f"cannot map {rows} alpha rows onto a cell with {steps} nodes")
+
+
+def _kept_from_genotype(model: nn.Module, kind: str, weights: Tensor, cell: Any,
+                        op_names: Sequence[str]) -> list[tuple[int, int]]:
+    order = {edge: row for row, edge in enumerate(_edge_order(model, weights.shape[0], cell.steps))}
+    kept = []
+    for pos, (op, src) in enumerate(cell.edges):
+        edge = (pos // 2, src)
+        if edge not in order or op not in op_names:
+            raise ValueError(f"genotype of {kind!r} keeps {op}({src}) at node {pos // 2}, "
+                             "which is not an edge/op of the supernet")
+        kept.append((order[edge], list(op_names).index(op)))
+    return kept
+
+
+@torch.no_grad()
+def collapse_signals(model: nn.Module, *, threshold: float = 0.5) -> dict[str, Any]:
+    """Cheap collapse / convergence signals of a supernet's current alphas (no forward pass).
+
+    Needs ``model.edge_weights()`` (cell kind -> softmax, edges x ops) and ``model.op_names``;
+    with ``model.genotype()`` the kept operators are those of the supernet's own genotype,
+    otherwise argmax per edge excluding ``none``. Keys:
+
+    - ``collapse/skip_share``: fraction of kept ops that are ``skip_connect``;
+    - ``collapse/entropy/<kind>`` and ``collapse/entropy_mean``: mean per-edge entropy,
+      normalised by ``log(#ops)`` (1 = uniform, 0 = decided);
+    - ``collapse/kept_weight_min`` / ``collapse/kept_weight_mean``: softmax weight of the kept ops;
+    - ``collapse/kept_above``: every kept op has weight ``>= threshold`` (first half of the
+      paper's convergence rule);
+    - ``collapse/genotype``: the genotype as a JSON string (when the model has ``genotype()``).
+    """
+    if not hasattr(model, "edge_weights") or not hasattr(model, "op_names"):
+        raise TypeError(f"{type(model).__name__} has no edge_weights() / op_names: collapse "
+                        "signals need a darts_amend.supernet search network (or the same protocol)")
+    inner = getattr(model, "module", model)  # DataParallel / DDP
+    op_names = list(inner.op_names)
+    weights = {k: w.detach().to(torch.float64) for k, w in inner.edge_weights().items()}
+    if not weights:
+        raise ValueError("edge_weights() returned no cells")
+    genotype = inner.genotype() if hasattr(inner, "genotype") else None
+    cells = genotype.cell_genotypes() if genotype is not None else {}
+    out: dict[str, Any] = {}
+    entropies, kept_all, kept_names = [], [], []
+    for kind, w in weights.items():
+        h = edge_entropy(w)
+        entropies.append(h)
+        out[f"collapse/entropy/{kind}"] = float(h.mean())
+        if kind in cells:
+            kept = _kept_from_genotype(inner, kind, w, cells[kind], op_names)
+        else:
+            kept = kept_ops(w, op_names)
+        kept_all.append(kept_weights(w, kept))
+        kept_names.extend(op_names[o] for _, o in kept)
+    kept_w = torch.cat(kept_all)
+    out["collapse/entropy_mean"] = float(torch.cat(entropies).mean())
+    out["collapse/skip_share"] = (float(genotype.skip_share()) if genotype is not None
+                                  else skip_share(kept_names))
+    out["collapse/kept_weight_min"] = float(kept_w.min())
+    out["collapse/kept_weight_mean"] = float(kept_w.mean())
+    out["collapse/kept_above"] = bool((kept_w >= threshold).all())
+    if genotype is not None:
+        out["collapse/genotype"] = genotype.to_json()
+    return out
+
+
+def _eigen_history(history: Sequence[Mapping[str, Any]], epoch: int,
+                   current: float | None) -> tuple[list[int], list[float]]:
+    epochs, values = [], []
+    for i, rec in enumerate(history):
+        v = rec.get("eig/alphas")
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            epochs.append(int(rec.get("epoch", i)))
+            values.append(float(v))
+    if current is not None:
+        epochs.append(epoch)
+        values.append(current)
+    return epochs, values
+
+
+def epoch_diagnostics(
+    model: nn.Module,
+    train_batch: tuple[Tensor, Tensor],
+    valid_batch: tuple[Tensor, Tensor],
+    *,
+    epoch: int,
+    history: Sequence[Mapping[str, Any]] = (),
+    every: int = 1,
+    curvature: Sequence[str] = ("alphas",),
+    eigen_iterations: int = 20,
+    estimators: Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None = DEFAULT_ESTIMATORS,
+    reference: str = "implicit_cg",
+    reference_options: Mapping[str, Any] | None = None,
+    converge_threshold: float = 0.5,
+    stable_for: int = 1,
+    early_stop: Mapping[str, Any] | None = None,
+    loss_fn: LossFn | None = None,
+) -> dict[str, Any]:
+    """All diagnostics of one search epoch, as flat JSON-serialisable keys for metrics.jsonl.
+
+    Call once at the end of each search epoch with one training and one validation batch and
+    the records already written (``history``, oldest first; only their ``epoch``,
+    ``eig/alphas`` and ``collapse/genotype`` keys are read, so resuming from metrics.jsonl
+    reproduces every decision). Every epoch: :func:`collapse_signals` (when the model has
+    ``edge_weights``) and ``collapse/converged`` -- the paper's rule: every kept op
+    ``>= converge_threshold`` and the genotype unchanged for ``stable_for`` epochs. Every
+    ``every`` epochs (``epoch % every == 0``): the dominant Hessian eigenvalue in each of
+    ``curvature`` (``"alphas"``: validation loss, ``"weights"``: training loss; ``()`` for none)
+    as ``eig/<which>`` (+ ``_seconds``), and the alignment of ``estimators`` (None for none)
+    with ``reference`` as ``align/<estimator>/<field>``. With ``early_stop`` (a dict of
+    :func:`eigen_early_stop` options, ``{}`` for its defaults; needs ``"alphas"`` in
+    ``curvature``): ``diag/early_stop`` (bool), ``diag/early_stop_ratio`` and
+    ``diag/revert_epoch`` (whose ``collapse/genotype`` to keep). ``diag/seconds``: total time.
+    """
+    if every < 1:
+        raise ValueError(f"invalid every: {every}")
+    if isinstance(curvature, str):
+        curvature = (curvature,)
+    bad = [c for c in curvature if c not in _CURVATURE]
+    if bad:
+        raise ValueError(f"invalid curvature {bad}: expected a subset of {_CURVATURE}")
+    if early_stop is not None and "alphas" not in curvature:
+        raise ValueError("early_stop watches the alpha eigenvalue: add 'alphas' to curvature")
+    start = time.perf_counter()
+    out: dict[str, Any] = {}
+    if hasattr(model, "edge_weights") or hasattr(getattr(model, "module", None), "edge_weights"):
+        out.update(collapse_signals(getattr(model, "module", model), threshold=converge_threshold))
+        if "collapse/genotype" in out:
+            genotypes = [rec.get("collapse/genotype") for rec in history]
+            genotypes.append(out["collapse/genotype"])
+            out["collapse/converged"] = convergence_rule(
+                [out["collapse/kept_weight_min"]], genotypes, threshold=converge_threshold,
+                stable_for=stable_for)
+    measure = epoch % every == 0
+    eig_alphas = None
+    if measure:
+        for wrt in curvature:
+            batch = valid_batch if wrt == "alphas" else train_batch
+            res = dominant_eigenvalue(model, batch, wrt=wrt, loss_fn=loss_fn,
+                                      iterations=eigen_iterations)
+            out[f"eig/{wrt}"] = res.value
+            out[f"eig/{wrt}_residual"] = res.residual
+            out[f"eig/{wrt}_seconds"] = res.seconds
+            if wrt == "alphas":
+                eig_alphas = res.value
+        if estimators:
+            report = alignment(model, train_batch, valid_batch, estimators=estimators,
+                               reference=reference, reference_options=reference_options,
+                               loss_fn=loss_fn)
+            out.update(report.flat())
+    if early_stop is not None:
+        # decide only on a fresh measurement, so a stop is reported once, at the epoch it fires
+        epochs, values = _eigen_history(history, epoch, eig_alphas)
+        decision = (eigen_early_stop(epochs, values, **dict(early_stop)) if eig_alphas is not None
+                    else EarlyStopDecision(False, math.nan, None))
+        out["diag/early_stop"] = decision.stop
+        out["diag/early_stop_ratio"] = decision.ratio if math.isfinite(decision.ratio) else None
+        out["diag/revert_epoch"] = decision.revert_epoch
+        if decision.stop:
+            logger.warning("early stop at epoch %d: alpha-Hessian eigenvalue grew %.2fx; "
+                           "keep the genotype of epoch %d", epoch, decision.ratio,
+                           decision.revert_epoch)
+    out["diag/seconds"] = time.perf_counter() - start
+    json.dumps(out, allow_nan=False)  # contract: strictly JSON-serialisable
+    return out

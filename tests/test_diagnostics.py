@@ -1,0 +1,186 @@
+"""Diagnostics against ground truth: dense eigvalsh, dense implicit hypergradients, hand-made
+softmax states and eigenvalue histories, and the figure written from a metrics.jsonl."""
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+import pytest
+import torch
+
+from darts_amend.diagnostics import (convergence_rule, edge_entropy, eigen_early_stop, kept_ops,
+                                     kept_weights, lanczos, plot_run, power_iteration,
+                                     read_metrics, skip_share)
+
+DTYPE = torch.float64
+
+
+def _sym(n: int, seed: int, spread: float = 1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=DTYPE))
+    ev = torch.linspace(-spread, 2 * spread, n, dtype=DTYPE)
+    return q @ torch.diag(ev) @ q.T
+
+
+# ---------------------------------------------------------------- eigenvalue solvers
+@pytest.mark.parametrize("n", [1, 2, 7, 40])
+def test_lanczos_matches_eigvalsh(n: int) -> None:
+    g = torch.Generator().manual_seed(n)
+    a = torch.randn(n, n, generator=g, dtype=DTYPE)
+    a = a + a.T
+    ev = torch.linalg.eigvalsh(a)
+    v0 = torch.randn(n, generator=g, dtype=DTYPE)
+    res = lanczos(lambda u: a @ u, v0, iterations=60, tol=1e-10)
+    assert res.converged
+    assert res.value == pytest.approx(float(ev.max()), rel=1e-8, abs=1e-10)
+    mag = lanczos(lambda u: a @ u, v0, iterations=60, tol=1e-10, which="magnitude")
+    assert mag.value == pytest.approx(float(ev[ev.abs().argmax()]), rel=1e-8, abs=1e-10)
+    # the residual bounds the distance to the spectrum of a symmetric matrix
+    assert float((ev - res.value).abs().min()) <= res.residual + 1e-9
+
+
+def test_lanczos_few_iterations_is_a_lower_bound_that_improves() -> None:
+    a = _sym(60, seed=3, spread=1.0)  # eigenvalues spread evenly over [-1, 2]
+    top = float(torch.linalg.eigvalsh(a).max())
+    v0 = torch.ones(60, dtype=DTYPE)
+    errs = [top - lanczos(lambda u: a @ u, v0, iterations=k, tol=1e-14).value for k in (3, 8, 20)]
+    assert all(e >= -1e-10 for e in errs)  # Ritz values never exceed the largest eigenvalue
+    assert errs[0] > errs[1] > errs[2]
+    assert errs[2] < 1e-3
+
+
+def test_power_iteration_matches_eigvalsh() -> None:
+    a = _sym(12, seed=5, spread=1.0)  # |lambda| spectrum 2 > 1.8 > ...: largest magnitude is 2
+    res = power_iteration(lambda u: a @ u, torch.ones(12, dtype=DTYPE), iterations=1000, tol=1e-9)
+    assert res.converged
+    assert res.value == pytest.approx(2.0, rel=1e-7)
+    neg = power_iteration(lambda u: -a @ u, torch.ones(12, dtype=DTYPE), iterations=1000, tol=1e-9)
+    assert neg.value == pytest.approx(-2.0, rel=1e-7)  # the sign is kept
+
+
+def test_solvers_reject_bad_input() -> None:
+    mv = lambda u: u  # noqa: E731
+    with pytest.raises(ValueError, match="non-zero"):
+        lanczos(mv, torch.zeros(3, dtype=DTYPE))
+    with pytest.raises(ValueError, match="which"):
+        lanczos(mv, torch.ones(3, dtype=DTYPE), which="smallest")
+    with pytest.raises(ValueError, match="flat"):
+        power_iteration(mv, torch.ones(2, 2, dtype=DTYPE))
+    with pytest.raises(ValueError, match="iterations"):
+        power_iteration(mv, torch.ones(3, dtype=DTYPE), iterations=0)
+    with pytest.raises(FloatingPointError):
+        lanczos(lambda u: u * math.nan, torch.ones(3, dtype=DTYPE))
+
+
+# ---------------------------------------------------------------- collapse signals
+def test_edge_entropy_closed_forms() -> None:
+    w = torch.tensor([[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]],
+                     dtype=DTYPE)
+    h = edge_entropy(w)
+    assert torch.allclose(h, torch.tensor([1.0, 0.0, 0.5], dtype=DTYPE), atol=1e-12)
+    raw = edge_entropy(w, normalized=False)
+    assert raw[0].item() == pytest.approx(math.log(4))
+    with pytest.raises(ValueError, match="softmax"):
+        edge_entropy(torch.tensor([[0.5, 0.6]], dtype=DTYPE))
+    with pytest.raises(ValueError, match="matrix"):
+        edge_entropy(torch.tensor([0.5, 0.5], dtype=DTYPE))
+
+
+def test_skip_share_and_kept_ops_fixed_edges() -> None:
+    ops = ["none", "skip_connect", "sep_conv_3x3"]
+    w = torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.6, 0.3], [0.2, 0.3, 0.5]], dtype=DTYPE)
+    kept = kept_ops(w, ops)  # argmax per edge, 'none' excluded
+    assert kept == [(0, 1), (1, 1), (2, 2)]
+    assert torch.equal(kept_weights(w, kept), torch.tensor([0.05, 0.6, 0.5], dtype=DTYPE))
+    assert skip_share([ops[o] for _, o in kept]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="non-empty"):
+        skip_share([])
+    with pytest.raises(ValueError, match="op names"):
+        kept_ops(w, ops[:2])
+
+
+def test_kept_ops_darts_cell_top2_inputs() -> None:
+    ops = ["none", "skip_connect", "conv"]
+    # 2 nodes: node 0 has edges 0,1 ; node 1 has edges 2,3,4
+    w = torch.tensor([[0.1, 0.5, 0.4],   # node0 <- c_{k-2}: skip 0.5
+                      [0.8, 0.1, 0.1],   # node0 <- c_{k-1}: best non-none 0.1
+                      [0.2, 0.2, 0.6],   # node1 <- s0: conv 0.6
+                      [0.1, 0.7, 0.2],   # node1 <- s1: skip 0.7
+                      [0.05, 0.05, 0.9]],  # node1 <- node0: conv 0.9 (kept with edge 3)
+                     dtype=DTYPE)
+    assert kept_ops(w, ops, steps=2) == [(0, 1), (1, 1), (3, 1), (4, 2)]
+    with pytest.raises(ValueError, match="edges"):
+        kept_ops(w[:4], ops, steps=2)
+
+
+def test_convergence_rule() -> None:
+    g = ["A", "B", "B", "B"]
+    assert convergence_rule([0.6, 0.5], g, stable_for=2)
+    assert not convergence_rule([0.6, 0.49], g, stable_for=2)  # one kept op below 0.5
+    assert not convergence_rule([0.6, 0.7], g, stable_for=3)  # genotype changed 3 epochs ago
+    assert not convergence_rule([0.6, 0.7], ["B"], stable_for=1)  # too short to know
+    assert convergence_rule(torch.tensor([0.9]), ["B"], stable_for=0)
+    with pytest.raises(ValueError, match="threshold"):
+        convergence_rule([0.6], g, threshold=0.0)
+
+
+def test_eigen_early_stop_fires_on_growth_and_reverts() -> None:
+    epochs = list(range(0, 40, 2))  # measured every 2 epochs
+    flat = [1.0 + 0.01 * (i % 2) for i in range(len(epochs))]
+    d = eigen_early_stop(epochs, flat)
+    assert not d.stop and d.ratio == pytest.approx(1.0, abs=0.02) and d.revert_epoch is None
+    grow = [1.0] * 12 + [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5]
+    d = eigen_early_stop(epochs, grow)
+    # newest window = indices 15..19 (mean 3.5); 4 measurements earlier: 11..15 (mean 1.6)
+    assert d.stop
+    assert d.ratio == pytest.approx(3.5 / 1.6)
+    assert d.revert_epoch == epochs[13]  # centre of the earlier window
+    # not before start_epoch: the earlier window is centred at epoch 26 < 30
+    assert not eigen_early_stop(epochs, grow, start_epoch=30).stop
+    assert not eigen_early_stop(epochs[:7], grow[:7]).stop  # too short: nan ratio
+    assert math.isnan(eigen_early_stop(epochs[:7], grow[:7]).ratio)
+    with pytest.raises(ValueError, match="increasing"):
+        eigen_early_stop([0, 0], [1.0, 1.0])
+    with pytest.raises(ValueError, match="factor"):
+        eigen_early_stop(epochs, grow, factor=1.0)
+
+
+# ---------------------------------------------------------------- plotting
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plot_run_writes_a_figure(tmp_path) -> None:
+    lines = []
+    for e in range(8):
+        rec = {"epoch": e, "collapse/skip_share": e / 8, "collapse/entropy/normal": 1 - e / 10,
+               "collapse/entropy_mean": 1 - e / 12, "collapse/kept_weight_min": 0.2 + e / 20,
+               "align/amended/cos_g2": -0.5, "align/amended/cos_grad": 0.9,
+               "align/first_order/cos_g2": None, "diag/early_stop": e == 6}
+        if e % 2 == 0:
+            rec["eig/alphas"] = 0.1 * (e + 1)
+        lines.append(json.dumps(rec))
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"epoch": 8, "eig/al')
+    out = plot_run(tmp_path)
+    assert out == tmp_path / "diagnostics.png"
+    assert _png_size(out) == (1100, 750)
+    full = out.stat().st_size
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == 8  # torn last line skipped
+
+    # a run without any diagnostic keys still gets a figure, with notes instead of curves
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "metrics.jsonl").write_text('{"epoch": 0, "train_loss": 1.0}\n')
+    other = plot_run(empty, path=tmp_path / "x" / "fig.png")
+    assert other == tmp_path / "x" / "fig.png" and _png_size(other) == (1100, 750)
+    assert other.stat().st_size < full  # the curves are really drawn in the first figure
+
+
+def test_plot_run_errors(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="run folder"):
+        plot_run(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="metrics"):
+        plot_run(tmp_path)
