@@ -1,2 +1,28 @@
-"""darts-amend: Amended-DARTS hypergradient estimation for PyTorch."""
+"""darts-amend: Amended-DARTS hypergradient estimation for PyTorch.
+
+Public API (no side effects at import time)::
+
+    from darts_amend import AmendedArchitect, first_order, unrolled, amended, implicit_cg, implicit_neumann
+"""
+from __future__ import annotations
+
+from .hvp import (
+    NonFiniteLossError,
+    hessian_vector_product,
+    mixed_vector_product,
+    preserve_state,
+    resolve_loss,
+    split_parameters,
+)
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "NonFiniteLossError",
+    "__version__",
+    "hessian_vector_product",
+    "mixed_vector_product",
+    "preserve_state",
+    "resolve_loss",
+    "split_parameters",
+]

@@ -1,0 +1,434 @@
+"""Hessian-vector and mixed second-order products on lists of tensors (never a dense Hessian).
+
+Notation (docs/math.md): for a loss L(w, alpha) on one batch,
+
+    H u = grad_w <grad_w L, u>          (u aligned with the weights)
+    B u = grad_alpha <grad_w L, u>      (u aligned with the weights, result aligned with alphas)
+
+Two modes:
+
+* ``"exact"``: reverse-over-reverse (double backward). In ReLU networks this is the Hessian
+  almost everywhere (each ReLU is treated as locally linear).
+* ``"finite_difference"``: central differences of the gradient at ``w +- R u`` with
+  ``R = r / ||u||`` (DARTS uses r = 0.01). Memory-light; on ReLU networks it is a different,
+  kink-smoothed estimate, not a cheaper copy of the exact product (DESIGN.md 2.1).
+
+Every function leaves parameters and buffers (BatchNorm running statistics) bit-exactly as it
+found them, also when the loss raises, and never writes ``.grad``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._types import MODES, Batch, LossFn, Matvec, TensorList
+
+__all__ = [
+    "MODES",
+    "NonFiniteLossError",
+    "Products",
+    "check_batch",
+    "hessian_vector_product",
+    "list_cosine",
+    "list_dot",
+    "list_norm",
+    "mixed_vector_product",
+    "preserve_state",
+    "resolve_loss",
+    "second_order_products",
+    "split_parameters",
+    "unwrap_model",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(ValueError):
+    """A loss evaluated by an estimator or product was nan or inf."""
+
+
+# --------------------------------------------------------------------------- model protocol
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Return the module behind ``DataParallel`` / ``DistributedDataParallel`` wrappers."""
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    while isinstance(model, wrappers) or (
+        not hasattr(model, "arch_parameters") and isinstance(getattr(model, "module", None), nn.Module)
+    ):
+        model = model.module
+    return model
+
+
+def split_parameters(model: nn.Module) -> tuple[TensorList, TensorList]:
+    """Split a supernet into ``(alphas, weights)``.
+
+    ``alphas = list(model.arch_parameters())`` (validated: non-empty, tensors, leaves that require
+    grad, no duplicates); ``weights`` are the trainable ``model.parameters()`` that are not alphas,
+    compared by identity, so alphas registered as module parameters (P-DARTS) are excluded, not
+    rejected. DataParallel / DDP wrappers are unwrapped.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    net = unwrap_model(model)
+    arch = getattr(net, "arch_parameters", None)
+    if arch is None:
+        raise TypeError(
+            f"{type(net).__name__} has no arch_parameters(): a supernet must expose its "
+            "architecture parameters (alphas) through a method arch_parameters()"
+        )
+    if not callable(arch):
+        raise TypeError(f"{type(net).__name__}.arch_parameters must be a method, got {type(arch).__name__}")
+    alphas = list(arch())
+    if not alphas:
+        raise ValueError(f"{type(net).__name__}.arch_parameters() returned no tensors")
+    seen: set[int] = set()
+    for i, a in enumerate(alphas):
+        if not isinstance(a, Tensor):
+            raise TypeError(f"arch_parameters()[{i}] is a {type(a).__name__}, not a torch.Tensor")
+        if not a.is_floating_point():
+            raise TypeError(f"arch_parameters()[{i}] has dtype {a.dtype}; alphas must be floating point")
+        if not a.requires_grad:
+            raise ValueError(f"arch_parameters()[{i}] does not require grad (call .requires_grad_())")
+        if not a.is_leaf:
+            raise ValueError(
+                f"arch_parameters()[{i}] is not a leaf tensor (it was computed from other tensors); "
+                "register alphas as nn.Parameter"
+            )
+        if id(a) in seen:
+            raise ValueError(f"arch_parameters()[{i}] appears more than once")
+        seen.add(id(a))
+    weights = [p for p in net.parameters() if p.requires_grad and id(p) not in seen]
+    if not weights:
+        raise ValueError(f"{type(net).__name__} has no trainable weights besides arch_parameters()")
+    return alphas, weights
+
+
+def _default_loss(model: nn.Module, inputs: Any, targets: Any) -> Tensor:
+    loss_method = getattr(model, "_loss", None)
+    if callable(loss_method):
+        return loss_method(inputs, targets)
+    out = model(inputs)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return F.cross_entropy(out, targets)
+
+
+def resolve_loss(loss_fn: LossFn | None = None) -> LossFn:
+    """``loss_fn`` itself, or the default: ``model._loss(x, y)`` if the model has one, else the
+    cross-entropy of ``model(x)`` (first element when the model returns a tuple)."""
+    if loss_fn is None:
+        return _default_loss
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable (model, inputs, targets) -> Tensor, got {type(loss_fn).__name__}")
+    return loss_fn
+
+
+def _tensors(obj: Any) -> Iterator[Tensor]:
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
+def check_batch(batch: Any, name: str, device: torch.device | None = None) -> Batch:
+    """Validate an ``(inputs, targets)`` pair and, if given, that its tensors live on ``device``."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError(f"{name} must be an (inputs, targets) pair, got {type(batch).__name__}"
+                        + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
+    if device is not None:
+        for part, obj in zip(("inputs", "targets"), batch):
+            for t in _tensors(obj):
+                if t.device != device:
+                    raise ValueError(
+                        f"{name} {part} are on {t.device} but the model's arch_parameters() are on "
+                        f"{device}; move the batch to the model's device"
+                    )
+    return batch[0], batch[1]
+
+
+def _evaluate(loss_fn: LossFn, net: nn.Module, batch: Batch, what: str = "loss") -> Tensor:
+    loss = loss_fn(net, batch[0], batch[1])
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise TypeError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}"
+                        + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else ""))
+    if not loss.requires_grad:
+        raise ValueError(f"the {what} does not depend on any parameter that requires grad")
+    return loss.reshape(())
+
+
+def _check_finite(loss: Tensor, what: str) -> None:
+    if not bool(torch.isfinite(loss.detach())):
+        raise NonFiniteLossError(f"the {what} is {loss.item()}")
+
+
+# --------------------------------------------------------------------------- tensor-list algebra
+
+
+def list_dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
+    """<xs, ys> summed over a list of tensors (a 0-d tensor)."""
+    if len(xs) != len(ys):
+        raise ValueError(f"tensor lists differ in length: {len(xs)} vs {len(ys)}")
+    if not xs:
+        return torch.zeros(())
+    return sum(((x * y).sum() for x, y in zip(xs, ys)), torch.zeros((), dtype=xs[0].dtype, device=xs[0].device))
+
+
+def list_norm(xs: Sequence[Tensor]) -> Tensor:
+    """Euclidean norm of a list of tensors seen as one vector (a 0-d tensor)."""
+    return list_dot(xs, xs).sqrt()
+
+
+def list_cosine(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> float:
+    """Cosine of the angle between two tensor lists; ``nan`` when either is zero."""
+    nx, ny = float(list_norm(xs)), float(list_norm(ys))
+    if nx == 0.0 or ny == 0.0 or not math.isfinite(nx * ny):
+        return math.nan
+    return float(list_dot(xs, ys)) / (nx * ny)
+
+
+def _check_vector(vector: Any, params: Sequence[Tensor], name: str, against: str) -> TensorList:
+    if isinstance(vector, Tensor) or not isinstance(vector, (list, tuple)):
+        raise TypeError(f"{name} must be a list of tensors aligned with the {against}")
+    if len(vector) != len(params):
+        raise ValueError(f"{name} has {len(vector)} tensors but there are {len(params)} {against}")
+    out = []
+    for i, (u, p) in enumerate(zip(vector, params)):
+        if not isinstance(u, Tensor):
+            raise TypeError(f"{name}[{i}] is a {type(u).__name__}, not a Tensor")
+        if u.shape != p.shape:
+            raise ValueError(f"{name}[{i}] has shape {tuple(u.shape)}, the {against}[{i}] {tuple(p.shape)}")
+        if u.device != p.device:
+            raise ValueError(f"{name}[{i}] is on {u.device}, the {against}[{i}] on {p.device}")
+        out.append(u.detach().to(p.dtype))
+    return out
+
+
+def _grad(
+    outputs: Tensor | Sequence[Tensor],
+    inputs: Sequence[Tensor],
+    grad_outputs: Sequence[Tensor] | None = None,
+    *,
+    retain_graph: bool | None = None,
+    create_graph: bool = False,
+) -> TensorList:
+    """``torch.autograd.grad`` that tolerates unused inputs and outputs without a graph (zeros)."""
+    outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    gos: list[Tensor | None] = [None] * len(outs) if grad_outputs is None else list(grad_outputs)
+    live = [(o, g) for o, g in zip(outs, gos) if o.requires_grad]
+    if not live:
+        return [torch.zeros_like(x) for x in inputs]
+    grads = torch.autograd.grad(
+        [o for o, _ in live],
+        list(inputs),
+        grad_outputs=None if grad_outputs is None else [g for _, g in live],
+        retain_graph=retain_graph,
+        create_graph=create_graph,
+        allow_unused=True,
+    )
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+
+
+# --------------------------------------------------------------------------- state
+
+
+def _bits_equal(a: Tensor, b: Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() and a.element_size() in (2, 4, 8):
+        view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+        return torch.equal(a.view(view), b.view(view))
+    return torch.equal(a, b)
+
+
+@contextlib.contextmanager
+def preserve_state(
+    model: nn.Module, *, parameters: bool = True, buffers: bool = True
+) -> Iterator[Callable[[], None]]:
+    """Snapshot parameters and buffers; restore them bit-exactly on exit, also on exception.
+
+    Yields a ``restore()`` function that puts the snapshot back early (and may be called again).
+    Tensors that are bit-identical to the snapshot are not written, so their autograd version
+    counters do not change.
+    """
+    net = unwrap_model(model)
+    saved: list[tuple[Tensor, Tensor]] = []
+    if parameters:
+        saved += [(p, p.detach().clone()) for p in net.parameters()]
+    if buffers:
+        saved += [(b, b.detach().clone()) for b in net.buffers()]
+
+    def restore() -> None:
+        with torch.no_grad():
+            for t, s in saved:
+                if not _bits_equal(t.detach(), s):
+                    t.copy_(s)
+
+    try:
+        yield restore
+    finally:
+        restore()
+
+
+# --------------------------------------------------------------------------- products
+
+
+class Products(NamedTuple):
+    """Second-order products of one training loss at the current point.
+
+    ``hvp(u) = H u`` (u, result aligned with the weights); ``mixed(u) = B u`` (u aligned with the
+    weights, result aligned with the alphas); ``loss`` is the detached loss at the current point
+    (``None`` in finite-difference mode, which never evaluates it there).
+    """
+
+    hvp: Matvec
+    mixed: Callable[..., TensorList]
+    loss: Tensor | None
+
+
+def _fd_step(direction: Sequence[Tensor], r: float) -> float | None:
+    norm = float(list_norm(direction))
+    if not math.isfinite(norm):
+        raise ValueError(f"finite-difference direction has non-finite norm {norm}")
+    return None if norm == 0.0 else r / norm
+
+
+def _central_difference(
+    net: nn.Module,
+    batch: Batch,
+    loss_fn: LossFn,
+    move: Sequence[Tensor],
+    direction: Sequence[Tensor],
+    targets: Sequence[Tensor],
+    r: float,
+) -> TensorList:
+    """(grad_targets L(move + R d) - grad_targets L(move - R d)) / 2R with R = r / ||d||."""
+    step = _fd_step(direction, r)
+    if step is None:
+        return [torch.zeros_like(t) for t in targets]
+    base = [p.detach().clone() for p in move]
+
+    def grads_at(scale: float) -> TensorList:
+        with torch.no_grad():
+            for p, b, d in zip(move, base, direction):
+                p.copy_(b).add_(d, alpha=scale)
+        loss = _evaluate(loss_fn, net, batch, "training loss")
+        _check_finite(loss, "training loss (finite difference)")
+        return [g.detach() for g in _grad(loss, targets)]
+
+    try:
+        plus = grads_at(step)
+        minus = grads_at(-step)
+    finally:
+        with torch.no_grad():
+            for p, b in zip(move, base):
+                p.copy_(b)
+    return [(a - b) / (2.0 * step) for a, b in zip(plus, minus)]
+
+
+def second_order_products(
+    net: nn.Module,
+    batch: Batch,
+    loss_fn: LossFn,
+    alphas: Sequence[Tensor],
+    weights: Sequence[Tensor],
+    *,
+    mode: str = "exact",
+    r: float = 0.01,
+) -> Products:
+    """H u and B u of ``loss_fn`` on ``batch`` at the current point, as closures.
+
+    Exact mode runs one forward and one ``create_graph`` backward now; every ``hvp`` and the
+    ``mixed`` product then reuse that graph (one double backward each). Call ``mixed(u)`` last, or
+    pass ``retain=True`` to keep the graph. Finite-difference mode costs two forward/backward
+    passes per product. The caller restores buffers (``preserve_state``).
+    """
+    _check_mode(mode, r)
+    if mode == "finite_difference":
+        return Products(
+            hvp=lambda u: _central_difference(net, batch, loss_fn, weights, u, weights, r),
+            mixed=lambda u, retain=False: _central_difference(net, batch, loss_fn, weights, u, alphas, r),
+            loss=None,
+        )
+    loss = _evaluate(loss_fn, net, batch, "training loss")
+    _check_finite(loss, "training loss")
+    # g_w = grad_w L with its graph: H u = grad_w <g_w, u>, B u = grad_alpha <g_w, u>
+    g_w = _grad(loss, weights, create_graph=True)
+
+    def hvp(u: TensorList) -> TensorList:
+        return [t.detach() for t in _grad(g_w, weights, u, retain_graph=True)]
+
+    def mixed(u: TensorList, retain: bool = False) -> TensorList:
+        return [t.detach() for t in _grad(g_w, alphas, u, retain_graph=retain)]
+
+    return Products(hvp=hvp, mixed=mixed, loss=loss.detach())
+
+
+def _check_mode(mode: str, r: float) -> None:
+    if mode not in MODES:
+        raise ValueError(f"invalid mode: {mode!r}; valid modes: {', '.join(MODES)}")
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
+        raise ValueError(f"invalid r: {r!r} (the finite-difference scale must be a positive number)")
+
+
+def hessian_vector_product(
+    model: nn.Module,
+    batch: Batch,
+    vector: Sequence[Tensor],
+    *,
+    wrt: str = "weights",
+    loss_fn: LossFn | None = None,
+    mode: str = "exact",
+    r: float = 0.01,
+) -> TensorList:
+    """Hessian of ``loss_fn(model, *batch)`` w.r.t. ``wrt`` ("weights" or "alphas") times
+    ``vector`` (aligned with those parameters). Returns detached tensors aligned likewise."""
+    if wrt not in ("weights", "alphas"):
+        raise ValueError(f"invalid wrt: {wrt!r}; use 'weights' or 'alphas'")
+    _check_mode(mode, r)
+    alphas, weights = split_parameters(model)
+    net = unwrap_model(model)
+    params = weights if wrt == "weights" else alphas
+    u = _check_vector(vector, params, "vector", wrt)
+    check_batch(batch, "batch", alphas[0].device)
+    loss_fn = resolve_loss(loss_fn)
+    if mode == "finite_difference":
+        with preserve_state(net, parameters=True):
+            return _central_difference(net, batch, loss_fn, params, u, params, r)
+    with preserve_state(net, parameters=False):
+        loss = _evaluate(loss_fn, net, batch)
+        _check_finite(loss, "loss")
+        grads = _grad(loss, params, create_graph=True)
+        return [t.detach() for t in _grad(grads, params, u)]
+
+
+def mixed_vector_product(
+    model: nn.Module,
+    batch: Batch,
+    vector: Sequence[Tensor],
+    *,
+    loss_fn: LossFn | None = None,
+    mode: str = "exact",
+    r: float = 0.01,
+) -> TensorList:
+    """B u = grad_alpha <grad_w L, u> for ``L = loss_fn(model, *batch)``; ``vector`` aligned with
+    the weights, the result (detached) with the alphas."""
+    _check_mode(mode, r)
+    alphas, weights = split_parameters(model)
+    net = unwrap_model(model)
+    u = _check_vector(vector, weights, "vector", "weights")
+    check_batch(batch, "batch", alphas[0].device)
+    loss_fn = resolve_loss(loss_fn)
+    with preserve_state(net, parameters=(mode == "finite_difference")):
+        return second_order_products(net, batch, loss_fn, alphas, weights, mode=mode, r=r).mixed(u)
