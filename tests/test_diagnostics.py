@@ -184,3 +184,71 @@ def test_plot_run_errors(tmp_path) -> None:
         plot_run(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="metrics"):
         plot_run(tmp_path)
+
+
+# ---------------------------------------------------------------- curvature of real models
+from darts_amend.diagnostics import dense_hypergradient, dominant_eigenvalue  # noqa: E402
+
+from helpers import MixedMLP, QuadraticBilevel, dense_blocks, make_batch, snapshot  # noqa: E402
+from helpers import assert_same_state, seed_all  # noqa: E402
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_dominant_eigenvalue_matches_dense_hessian(batchnorm: bool) -> None:
+    seed_all(0)
+    model = MixedMLP(d_in=4, hidden=3, classes=3, ops=3, batchnorm=batchnorm).train()
+    valid, train = make_batch(8, seed=1), make_batch(8, seed=2)
+    a_hess, _, _ = dense_blocks(model, valid)
+    _, _, w_hess = dense_blocks(model, train)
+    before = snapshot(model)
+    rng = torch.get_rng_state()
+    for wrt, dense, batch in (("alphas", a_hess, valid), ("weights", w_hess, train)):
+        ev = torch.linalg.eigvalsh(dense)
+        n = dense.shape[0]
+        res = dominant_eigenvalue(model, batch, wrt=wrt, iterations=n, tol=1e-12)
+        assert res.value == pytest.approx(float(ev.max()), rel=1e-8, abs=1e-10), wrt
+        assert res.iterations <= n and res.seconds > 0
+        mag = dominant_eigenvalue(model, batch, wrt=wrt, which="magnitude", iterations=n, tol=1e-12)
+        assert mag.value == pytest.approx(float(ev[ev.abs().argmax()]), rel=1e-8, abs=1e-10)
+    # state and the caller's RNG stream are untouched
+    assert_same_state(before, snapshot(model))
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_dominant_eigenvalue_power_and_errors() -> None:
+    seed_all(0)
+    model = QuadraticBilevel(torch.ones(1, 3, dtype=DTYPE), torch.zeros(3, dtype=DTYPE))
+    m = torch.diag(torch.tensor([1.0, -4.0, 2.0], dtype=DTYPE))
+    batch = (m, torch.zeros(3, dtype=DTYPE))
+    res = dominant_eigenvalue(model, batch, wrt="weights", method="power", which="magnitude",
+                              iterations=500, tol=1e-10)
+    assert res.value == pytest.approx(-4.0, rel=1e-8)
+    assert dominant_eigenvalue(model, batch, wrt="weights", iterations=3).value == pytest.approx(2.0)
+    # the loss is linear in alpha: its Hessian is zero
+    assert dominant_eigenvalue(model, batch, wrt="alphas").value == 0.0
+    with pytest.raises(ValueError, match="wrt"):
+        dominant_eigenvalue(model, batch, wrt="betas")
+    with pytest.raises(ValueError, match="magnitude"):
+        dominant_eigenvalue(model, batch, method="power")
+
+
+def _counterexample(k: float = 4.0) -> tuple[QuadraticBilevel, tuple, tuple]:
+    """DESIGN.md 2.1: H = diag(1, k), B = [1, 1] (B^T B = [[1,1],[1,1]]), v = (1, -1)."""
+    model = QuadraticBilevel(torch.tensor([[1.0, 1.0]], dtype=DTYPE), torch.zeros(2, dtype=DTYPE))
+    train = (torch.diag(torch.tensor([1.0, k], dtype=DTYPE)), torch.zeros(2, dtype=DTYPE))
+    # valid loss -b^T w with b = -(1, -1): v = grad_w L_val = (1, -1), g1 = C w = 0
+    valid = (torch.zeros(2, 2, dtype=DTYPE), torch.tensor([-1.0, 1.0], dtype=DTYPE))
+    return model, train, valid
+
+
+def test_dense_hypergradient_closed_form() -> None:
+    k = 4.0
+    model, train, valid = _counterexample(k)
+    g1, g2 = dense_hypergradient(model, train, valid)
+    assert float(g1[0].abs().max()) == 0.0
+    assert g2[0].tolist() == pytest.approx([-(1 - 1 / k)], rel=1e-12)  # -B H^-1 v
+    with pytest.raises(ValueError, match="max_weights"):
+        dense_hypergradient(model, train, valid, max_weights=1)
+    sing = (torch.zeros(2, 2, dtype=DTYPE), torch.zeros(2, dtype=DTYPE))
+    with pytest.raises(ValueError, match="singular"):
+        dense_hypergradient(model, sing, valid)

@@ -102,36 +102,36 @@ def dense_hypergradient(
     this refuses models with more than ``max_weights`` weights) and solved densely; it must be
     non-singular. Both results are tuples aligned with ``model.arch_parameters()``.
     """
-    from darts_amend.hvp import (hessian_vector_product, mixed_vector_product, preserve_state,
-                                 resolve_loss, split_parameters)
+    from darts_amend.hvp import (check_batch, preserve_state, resolve_loss,
+                                 second_order_products, split_parameters, unwrap_model)
 
     alphas, weights = split_parameters(model)
+    net = unwrap_model(model)
     n = sum(w.numel() for w in weights)
-    if n == 0:
-        raise ValueError("the model has no weights: the implicit hypergradient is undefined")
     if n > max_weights:
         raise ValueError(f"dense reference needs one Hessian-vector product per weight: the model "
                          f"has {n} > max_weights={max_weights}; use reference='implicit_cg'")
+    check_batch(train_batch, "train_batch", alphas[0].device)
+    check_batch(valid_batch, "valid_batch", alphas[0].device)
     loss = resolve_loss(loss_fn)
     like = weights[0].detach()
-    with preserve_state(model):
-        val = loss(model, *valid_batch)
-        grads = torch.autograd.grad(val, list(alphas) + list(weights), allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g.detach()
-                 for g, p in zip(grads, list(alphas) + list(weights))]
+    with preserve_state(net):
+        val = loss(net, valid_batch[0], valid_batch[1])
+        params = list(alphas) + list(weights)
+        grads = torch.autograd.grad(val, params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, params)]
         g1, v = grads[: len(alphas)], _flatten(grads[len(alphas):])
+        # H column by column (one double backward each, on one shared graph), then B H^-1 v
+        products = second_order_products(net, train_batch, loss, alphas, weights, mode="exact")
         eye = torch.eye(n, dtype=like.dtype, device=like.device)
-        cols = [_flatten(hessian_vector_product(model, train_batch, _unflatten(eye[i], weights),
-                                                wrt="weights", loss_fn=loss_fn, mode="exact"))
-                for i in range(n)]
-        h = torch.stack(cols, dim=1)
+        h = torch.stack([_flatten(products.hvp(_unflatten(eye[i], weights))) for i in range(n)],
+                        dim=1)
         h = 0.5 * (h + h.T)  # symmetric up to rounding
         try:
             x = torch.linalg.solve(h, v)
         except RuntimeError as exc:  # torch.linalg.LinAlgError subclasses RuntimeError
             raise ValueError(f"dense reference: H is singular ({exc})") from exc
-        bx = mixed_vector_product(model, train_batch, _unflatten(x, weights),
-                                  loss_fn=loss_fn, mode="exact")
+        bx = products.mixed(_unflatten(x, weights))
     g2 = tuple(-b.detach() for b in bx)
     return tuple(g1), g2
 

@@ -24,6 +24,7 @@ __all__ = [
     "power_iteration",
     "lanczos",
     "dominant_eigenvalue",
+    "hessian_matvec",
 ]
 
 logger = logging.getLogger(__name__)
@@ -182,8 +183,8 @@ def _unflatten(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
 def _fixed_randomness(device: torch.device) -> Iterator[Callable[[], None]]:
     """Fork the RNG (the caller's stream is untouched) and yield ``reset()``, which rewinds it.
 
-    Calling ``reset()`` before every Hessian-vector product makes dropout / drop-path draw the
-    same masks in each forward, so the products are those of one fixed operator.
+    Calling ``reset()`` before each of several forward passes makes dropout / drop-path draw
+    the same masks in each, so the passes see the same function.
     """
     cuda = device.type == "cuda"
     with torch.random.fork_rng(devices=[device] if cuda else [], device_type=device.type):
@@ -196,6 +197,47 @@ def _fixed_randomness(device: torch.device) -> Iterator[Callable[[], None]]:
                 torch.cuda.set_rng_state(dev_state, device)
 
         yield reset
+
+
+def hessian_matvec(
+    model: nn.Module,
+    batch: tuple[Tensor, Tensor],
+    *,
+    wrt: str = "alphas",
+    loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
+) -> tuple[Matvec, list[Tensor]]:
+    """``(matvec, params)``: the Hessian of ``loss_fn(model, *batch)`` in ``wrt`` as a closure
+    on flat vectors, built on one forward and one ``create_graph`` backward that every product
+    reuses (each product is one double backward). Run it inside ``preserve_state(model)``:
+    the forward pass updates BatchNorm running statistics. The graph lives as long as
+    ``matvec``."""
+    from darts_amend.hvp import check_batch, resolve_loss, split_parameters, unwrap_model
+
+    if wrt not in ("alphas", "weights"):
+        raise ValueError(f"invalid wrt: {wrt!r} (expected 'alphas' or 'weights')")
+    alphas, weights = split_parameters(model)
+    params = alphas if wrt == "alphas" else weights
+    check_batch(batch, "batch", alphas[0].device)
+    loss = resolve_loss(loss_fn)(unwrap_model(model), batch[0], batch[1])
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise TypeError("loss_fn must return a scalar tensor")
+    if not bool(torch.isfinite(loss.detach())):
+        raise FloatingPointError(f"the loss is {loss.item()}")
+    grads = torch.autograd.grad(loss.reshape(()), params, create_graph=True, allow_unused=True)
+    # parameters the gradient does not depend on contribute zero rows to the Hessian
+    live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+
+    def matvec(u: Tensor) -> Tensor:
+        pieces = _unflatten(u, params)
+        out = [torch.zeros_like(p) for p in params]
+        if live:
+            hv = torch.autograd.grad([grads[i] for i in live], params,
+                                     grad_outputs=[pieces[i] for i in live],
+                                     retain_graph=True, allow_unused=True)
+            out = [o if h is None else h.detach() for o, h in zip(out, hv)]
+        return _flatten(out)
+
+    return matvec, [p.detach() for p in params]
 
 
 def dominant_eigenvalue(
@@ -215,13 +257,13 @@ def dominant_eigenvalue(
     ``wrt="alphas"`` with the validation batch is RobustDARTS' collapse signal (the curvature of
     the validation loss in the architecture); ``wrt="weights"`` with the training batch is the
     top of the spectrum of H, the matrix the amended term multiplies by. Only exact
-    Hessian-vector products (double backward) are used, one per iteration; weights, BatchNorm
-    running statistics and the global RNG are left exactly as found, and every product sees
-    the same dropout masks. ``method``: ``"lanczos"`` (default) or ``"power"`` (which finds the
-    eigenvalue of largest magnitude, so it requires ``which="magnitude"``).
+    Hessian-vector products are used: one forward and one ``create_graph`` backward, then one
+    double backward per iteration, all on the same graph (so dropout masks are the same in
+    every product). Weights, BatchNorm running statistics and the global RNG are left exactly
+    as found. ``method``: ``"lanczos"`` (default) or ``"power"`` (which finds the eigenvalue of
+    largest magnitude, so it requires ``which="magnitude"``).
     """
-    # imported here so this module's matvec solvers work without the core package
-    from darts_amend.hvp import hessian_vector_product, preserve_state, split_parameters
+    from darts_amend.hvp import preserve_state, split_parameters
 
     if wrt not in ("alphas", "weights"):
         raise ValueError(f"invalid wrt: {wrt!r} (expected 'alphas' or 'weights')")
@@ -233,25 +275,16 @@ def dominant_eigenvalue(
         raise ValueError("method='power' finds the eigenvalue of largest magnitude: "
                          "pass which='magnitude' or use method='lanczos'")
     _check(1, iterations, tol)
-    alphas, weights = split_parameters(model)
-    params = alphas if wrt == "alphas" else weights
-    if not params:
-        raise ValueError(f"the model has no {wrt} to differentiate")
-    like = params[0].detach()
+    alphas, _ = split_parameters(model)
     start = time.perf_counter()
-    with preserve_state(model), _fixed_randomness(like.device) as reset:
-
-        def matvec(u: Tensor) -> Tensor:
-            reset()
-            hu = hessian_vector_product(model, batch, _unflatten(u, params), wrt=wrt,
-                                        loss_fn=loss_fn, mode="exact")
-            return _flatten([h.detach() for h in hu])
-
-        v0 = _start_vector(sum(p.numel() for p in params), like, seed)
+    with preserve_state(model), _fixed_randomness(alphas[0].device):
+        matvec, params = hessian_matvec(model, batch, wrt=wrt, loss_fn=loss_fn)
+        v0 = _start_vector(sum(p.numel() for p in params), params[0], seed)
         if method == "lanczos":
             res = lanczos(matvec, v0, iterations=iterations, tol=tol, which=which)
         else:
             res = power_iteration(matvec, v0, iterations=iterations, tol=tol)
+        del matvec  # free the double-backward graph before restoring the state
     seconds = time.perf_counter() - start
     if not res.converged:
         logger.info("dominant eigenvalue (%s) not converged after %d products: %.4g +- %.2g",
