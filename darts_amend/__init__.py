@@ -6,6 +6,16 @@ Public API (no side effects at import time)::
 """
 from __future__ import annotations
 
+from .estimators import (
+    ESTIMATORS,
+    Hypergradient,
+    amended,
+    first_order,
+    get_estimator,
+    implicit_cg,
+    implicit_neumann,
+    unrolled,
+)
 from .hvp import (
     NonFiniteLossError,
     hessian_vector_product,
@@ -18,6 +28,14 @@ from .hvp import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ESTIMATORS",
+    "Hypergradient",
+    "amended",
+    "first_order",
+    "get_estimator",
+    "implicit_cg",
+    "implicit_neumann",
+    "unrolled",
     "NonFiniteLossError",
     "__version__",
     "hessian_vector_product",

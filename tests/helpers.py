@@ -186,7 +186,7 @@ def dense_blocks(model: nn.Module, batch, theta: Tensor | None = None):
     """
     dm = DenseModel(model)
     th = dm.theta() if theta is None else theta
-    full = torch.autograd.functional.hessian(lambda t: dm(t, batch), th)
+    full = torch.autograd.functional.hessian(lambda t: dm(t, batch), th, vectorize=True)
     k = dm.n_alpha
     return full[:k, :k], full[:k, k:], full[k:, k:]
 

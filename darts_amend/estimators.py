@@ -1,0 +1,343 @@
+"""Hypergradient estimators for the bilevel problem of DARTS (pure functions, one signature).
+
+    min_alpha L_val(w*(alpha), alpha),   w*(alpha) = argmin_w L_train(w, alpha)
+
+With v = grad_w L_val, H = grad^2_ww L_train, B = grad^2_{alpha w} L_train (B u = grad_alpha
+<grad_w L_train, u>), the implicit-function gradient is g = g1 + g2 with g1 = grad_alpha L_val
+and g2 = -B H^-1 v. The estimators differ in how they treat g2:
+
+    first_order        g = g1
+    unrolled           g = grad_alpha L_val(w') - xi * B(w) v(w'),  w' = one SGD step from w
+    amended            g = g1 - eta * B H v                       (Amended-DARTS, eq. 7)
+    implicit_cg        g = g1 - B x,  (H + damping I) x = v by conjugate gradient
+    implicit_neumann   g = g1 - B x,  x = gamma * sum_{j<K} (I - gamma H)^j v
+
+Each is ``f(model, train_batch, valid_batch, *, loss_fn=None, **options) -> Hypergradient``.
+They never write ``.grad`` and leave weights and buffers (BatchNorm running statistics) exactly
+as they found them, also on exception. Options are validated before anything is computed.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from ._types import Batch, LossFn, Matvec, TensorList
+from .hvp import (
+    _check_finite,
+    _check_mode,
+    _evaluate,
+    _grad,
+    check_batch,
+    list_cosine,
+    list_dot,
+    list_norm,
+    preserve_state,
+    resolve_loss,
+    second_order_products,
+    split_parameters,
+    unwrap_model,
+)
+
+__all__ = [
+    "ESTIMATORS",
+    "Hypergradient",
+    "amended",
+    "conjugate_gradient",
+    "estimator_options",
+    "first_order",
+    "get_estimator",
+    "implicit_cg",
+    "implicit_neumann",
+    "neumann_series",
+    "unrolled",
+    "write_grads_",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hypergradient:
+    """The result of an estimator.
+
+    ``grads``: the hypergradient, aligned with ``model.arch_parameters()``;
+    ``terms``: its named parts, always ``"g1"`` (grad_alpha L_val), and ``"g2"`` (the second /
+    amending term, ``grads = g1 + g2``) for every estimator but ``first_order``;
+    ``val_loss``: the detached validation loss at which ``g1`` was taken;
+    ``train_loss``: the detached training loss where the estimator evaluated it (else ``None``).
+    """
+
+    grads: tuple[Tensor, ...]
+    terms: dict[str, tuple[Tensor, ...]] = field(default_factory=dict)
+    val_loss: Tensor = field(default_factory=lambda: torch.tensor(math.nan))
+    train_loss: Tensor | None = None
+
+    def is_finite(self) -> bool:
+        """True when the loss and every hypergradient entry are finite."""
+        return bool(torch.isfinite(self.val_loss).all()) and all(bool(torch.isfinite(g).all()) for g in self.grads)
+
+    def norm(self, term: str | None = None) -> float:
+        """Euclidean norm of ``grads`` (or of one term)."""
+        return float(list_norm(self.grads if term is None else self.terms[term]))
+
+    def cosine(self, a: str = "g1", b: str = "g2") -> float:
+        """Cosine between two terms (``nan`` if one is missing or zero)."""
+        if a not in self.terms or b not in self.terms:
+            return math.nan
+        return list_cosine(self.terms[a], self.terms[b])
+
+
+def write_grads_(alphas: Sequence[Tensor], grads: Sequence[Tensor], *, accumulate: bool = False) -> None:
+    """Write a hypergradient into ``alpha.grad`` (replacing it, or adding when ``accumulate``)."""
+    if len(alphas) != len(grads):
+        raise ValueError(f"{len(grads)} gradients for {len(alphas)} alphas")
+    for a, g in zip(alphas, grads):
+        g = g.detach().to(dtype=a.dtype, device=a.device)
+        if accumulate and a.grad is not None:
+            a.grad.add_(g)
+        else:
+            a.grad = g.clone()
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def _prepare(model: nn.Module, train_batch: Any, valid_batch: Any, loss_fn: LossFn | None):
+    alphas, weights = split_parameters(model)
+    device = alphas[0].device
+    check_batch(train_batch, "train_batch", device)
+    check_batch(valid_batch, "valid_batch", device)
+    return unwrap_model(model), alphas, weights, resolve_loss(loss_fn)
+
+
+def _val_pass(net: nn.Module, batch: Batch, loss_fn: LossFn, alphas: TensorList,
+              weights: TensorList, *, need_v: bool = True) -> tuple[Tensor, tuple[Tensor, ...], TensorList]:
+    """One forward/backward on the validation batch: (L_val, g1 = grad_alpha, v = grad_w)."""
+    loss = _evaluate(loss_fn, net, batch, "validation loss")
+    _check_finite(loss, "validation loss")
+    grads = _grad(loss, alphas + weights if need_v else alphas)
+    g1 = tuple(g.detach() for g in grads[: len(alphas)])
+    v = [g.detach() for g in grads[len(alphas):]]
+    return loss.detach(), g1, v
+
+
+def _number(name: str, value: Any, *, low: float = 0.0, strict: bool = False) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not ok or value < low or (strict and value == low):
+        bound = f"> {low}" if strict else f">= {low}"
+        raise ValueError(f"invalid {name}: {value!r} (must be a finite number {bound})")
+    return float(value)
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"invalid {name}: {value!r} (must be an integer >= 1)")
+    return value
+
+
+def _combine(g1: Sequence[Tensor], g2: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    return tuple(a + b for a, b in zip(g1, g2))
+
+
+# --------------------------------------------------------------------------- linear solvers
+
+
+def conjugate_gradient(matvec: Matvec, b: TensorList, iterations: int, *, tol: float = 1e-12) -> TensorList:
+    """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` (x0 = 0).
+
+    Stops after ``iterations`` products, when the residual norm falls below ``tol * ||b||``, or
+    at a direction of non-positive curvature (``A`` not positive-definite there; logged).
+    """
+    x = [torch.zeros_like(t) for t in b]
+    res = [t.clone() for t in b]
+    p = [t.clone() for t in b]
+    rs = float(list_dot(res, res))
+    stop = (tol ** 2) * rs
+    for k in range(iterations):
+        if rs <= stop or rs == 0.0:
+            break
+        ap = matvec(p)
+        pap = float(list_dot(p, ap))
+        if not (pap > 0.0) or not math.isfinite(pap):
+            logger.debug("conjugate_gradient: curvature %.3g <= 0 at iteration %d; stopping", pap, k)
+            break
+        step = rs / pap
+        x = [xi + step * pi for xi, pi in zip(x, p)]
+        res = [ri - step * api for ri, api in zip(res, ap)]
+        rs_new = float(list_dot(res, res))
+        p = [ri + (rs_new / rs) * pi for ri, pi in zip(res, p)]
+        rs = rs_new
+    return x
+
+
+def neumann_series(matvec: Matvec, b: TensorList, terms: int, gamma: float) -> TensorList:
+    """``A^-1 b ~ gamma * sum_{j<terms} (I - gamma A)^j b`` (``terms - 1`` products)."""
+    p = [t.clone() for t in b]
+    acc = [t.clone() for t in b]
+    for _ in range(terms - 1):
+        ap = matvec(p)
+        p = [pi - gamma * api for pi, api in zip(p, ap)]
+        acc = [ai + pi for ai, pi in zip(acc, p)]
+    return [gamma * a for a in acc]
+
+
+# --------------------------------------------------------------------------- estimators
+
+
+def first_order(model: nn.Module, train_batch: Batch, valid_batch: Batch, *,
+                loss_fn: LossFn | None = None) -> Hypergradient:
+    """First-order DARTS: ``g = g1 = grad_alpha L_val(w, alpha)`` (one forward/backward)."""
+    net, alphas, weights, loss_fn = _prepare(model, train_batch, valid_batch, loss_fn)
+    with preserve_state(net, parameters=False):
+        val_loss, g1, _ = _val_pass(net, valid_batch, loss_fn, alphas, weights, need_v=False)
+    return Hypergradient(grads=g1, terms={"g1": g1}, val_loss=val_loss)
+
+
+def amended(model: nn.Module, train_batch: Batch, valid_batch: Batch, *,
+            loss_fn: LossFn | None = None, eta: float = 0.1, mode: str = "exact",
+            r: float = 0.01) -> Hypergradient:
+    """Amended-DARTS (eq. 7): ``g = g1 + g2'`` with ``g2' = -eta * B H v`` at the current w.
+
+    Exact mode shares work: one backward on the validation batch gives g1 and v; one forward and
+    one ``create_graph`` backward on the training batch give grad_w L_train with its graph, from
+    which H v and then B (H v) are two double-backward passes (the second only w.r.t. alphas).
+    ``eta = 0`` is first-order DARTS (the second-order part is skipped).
+    """
+    eta = _number("eta", eta)
+    _check_mode(mode, r)
+    net, alphas, weights, loss_fn = _prepare(model, train_batch, valid_batch, loss_fn)
+    if eta == 0.0:
+        with preserve_state(net, parameters=False):
+            val_loss, g1, _ = _val_pass(net, valid_batch, loss_fn, alphas, weights, need_v=False)
+        g2 = tuple(torch.zeros_like(g) for g in g1)
+        return Hypergradient(grads=g1, terms={"g1": g1, "g2": g2}, val_loss=val_loss)
+    with preserve_state(net, parameters=(mode == "finite_difference")):
+        val_loss, g1, v = _val_pass(net, valid_batch, loss_fn, alphas, weights)
+        products = second_order_products(net, train_batch, loss_fn, alphas, weights, mode=mode, r=r)
+        hv = products.hvp(v)            # H v
+        bhv = products.mixed(hv)        # B (H v)
+    g2 = tuple(-eta * t for t in bhv)   # g2' = -eta * B H v
+    return Hypergradient(grads=_combine(g1, g2), terms={"g1": g1, "g2": g2},
+                         val_loss=val_loss, train_loss=products.loss)
+
+
+def unrolled(model: nn.Module, train_batch: Batch, valid_batch: Batch, *,
+             loss_fn: LossFn | None = None, xi: float | None = None, momentum: float = 0.0,
+             momentum_buffers: Sequence[Tensor | None] | None = None, weight_decay: float = 0.0,
+             mode: str = "exact", r: float = 0.01) -> Hypergradient:
+    """Second-order DARTS, as upstream (quark0/darts) and the DARTS paper compute it.
+
+    w' = w - xi * (momentum * buffer + grad_w L_train(w) + weight_decay * w), then
+    g = grad_alpha L_val(w') - xi * B(w) v with v = grad_w L_val(w'); B is taken at w.
+    ``xi`` is the weight learning rate (required); ``momentum_buffers`` is a list aligned with
+    the weights (entries may be None) holding the weight optimizer's momentum, passed explicitly.
+    ``mode="finite_difference"`` is upstream's central difference with R = r / ||v||.
+    """
+    if xi is None:
+        raise ValueError("unrolled needs xi, the learning rate of the weight optimizer")
+    xi = _number("xi", xi)
+    momentum = _number("momentum", momentum)
+    weight_decay = _number("weight_decay", weight_decay)
+    _check_mode(mode, r)
+    net, alphas, weights, loss_fn = _prepare(model, train_batch, valid_batch, loss_fn)
+    buffers = _check_buffers(momentum_buffers, weights)
+    with preserve_state(net, parameters=True) as restore:
+        train_loss = _evaluate(loss_fn, net, train_batch, "training loss")
+        _check_finite(train_loss, "training loss")
+        grad_w = _grad(train_loss, weights)
+        with torch.no_grad():  # w <- w' in place (restored below, bit-exactly)
+            for w, g, buf in zip(weights, grad_w, buffers):
+                step = g + weight_decay * w
+                if buf is not None and momentum != 0.0:
+                    step = step + momentum * buf
+                w.sub_(xi * step)
+        val_loss, g1, v = _val_pass(net, valid_batch, loss_fn, alphas, weights)
+        restore()  # back to w: B is taken at w
+        bv = second_order_products(net, train_batch, loss_fn, alphas, weights, mode=mode, r=r).mixed(v)
+    g2 = tuple(-xi * t for t in bv)
+    return Hypergradient(grads=_combine(g1, g2), terms={"g1": g1, "g2": g2},
+                         val_loss=val_loss, train_loss=train_loss.detach())
+
+
+def _check_buffers(buffers: Sequence[Tensor | None] | None, weights: TensorList) -> list[Tensor | None]:
+    if buffers is None:
+        return [None] * len(weights)
+    if isinstance(buffers, Tensor) or not isinstance(buffers, (list, tuple)):
+        raise TypeError("momentum_buffers must be a list aligned with the weights (entries may be None)")
+    if len(buffers) != len(weights):
+        raise ValueError(f"momentum_buffers has {len(buffers)} entries but there are {len(weights)} weights")
+    for i, (b, w) in enumerate(zip(buffers, weights)):
+        if b is not None and (not isinstance(b, Tensor) or b.shape != w.shape):
+            raise ValueError(f"momentum_buffers[{i}] does not match the shape {tuple(w.shape)} of weights[{i}]")
+    return [None if b is None else b.detach() for b in buffers]
+
+
+def _implicit(model, train_batch, valid_batch, loss_fn, mode, r, solve) -> Hypergradient:
+    net, alphas, weights, loss_fn = _prepare(model, train_batch, valid_batch, loss_fn)
+    with preserve_state(net, parameters=(mode == "finite_difference")):
+        val_loss, g1, v = _val_pass(net, valid_batch, loss_fn, alphas, weights)
+        products = second_order_products(net, train_batch, loss_fn, alphas, weights, mode=mode, r=r)
+        x = solve(products.hvp, v)      # x ~ H^-1 v
+        bx = products.mixed(x)
+    g2 = tuple(-t for t in bx)          # g2 = -B H^-1 v
+    return Hypergradient(grads=_combine(g1, g2), terms={"g1": g1, "g2": g2},
+                         val_loss=val_loss, train_loss=products.loss)
+
+
+def implicit_cg(model: nn.Module, train_batch: Batch, valid_batch: Batch, *,
+                loss_fn: LossFn | None = None, iterations: int = 10, damping: float = 0.0,
+                tol: float = 1e-12, mode: str = "exact", r: float = 0.01) -> Hypergradient:
+    """Implicit-function gradient with ``(H + damping I) x = v`` solved by ``iterations`` steps
+    of conjugate gradient: ``g = g1 - B x`` (converges to g1 - B H^-1 v at an inner optimum)."""
+    iterations = _count("iterations", iterations)
+    damping = _number("damping", damping)
+    tol = _number("tol", tol)
+    _check_mode(mode, r)
+
+    def solve(hvp: Matvec, v: TensorList) -> TensorList:
+        damped = hvp if damping == 0.0 else (lambda u: [h + damping * t for h, t in zip(hvp(u), u)])
+        return conjugate_gradient(damped, v, iterations, tol=tol)
+
+    return _implicit(model, train_batch, valid_batch, loss_fn, mode, r, solve)
+
+
+def implicit_neumann(model: nn.Module, train_batch: Batch, valid_batch: Batch, *,
+                     loss_fn: LossFn | None = None, terms: int = 10, gamma: float = 0.01,
+                     mode: str = "exact", r: float = 0.01) -> Hypergradient:
+    """iDARTS-style Neumann series: ``H^-1 v ~ gamma * sum_{j<terms} (I - gamma H)^j v``,
+    ``g = g1 - B x``. Converges when ``0 < gamma < 2 / lambda_max(H)`` and H is positive-definite."""
+    terms = _count("terms", terms)
+    gamma = _number("gamma", gamma, strict=True)
+    _check_mode(mode, r)
+    return _implicit(model, train_batch, valid_batch, loss_fn, mode, r,
+                     lambda hvp, v: neumann_series(hvp, v, terms, gamma))
+
+
+ESTIMATORS: dict[str, Callable[..., Hypergradient]] = {
+    "first_order": first_order,
+    "unrolled": unrolled,
+    "amended": amended,
+    "implicit_cg": implicit_cg,
+    "implicit_neumann": implicit_neumann,
+}
+
+
+def get_estimator(name: str) -> Callable[..., Hypergradient]:
+    """The estimator function registered under ``name``."""
+    if not isinstance(name, str) or name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; valid names: {', '.join(ESTIMATORS)}")
+    return ESTIMATORS[name]
+
+
+def estimator_options(name: str) -> dict[str, Any]:
+    """The options an estimator accepts, with their defaults (``None`` for ``xi``)."""
+    sig = inspect.signature(get_estimator(name))
+    return {p.name: p.default for p in sig.parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "loss_fn"}
