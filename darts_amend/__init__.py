@@ -6,6 +6,7 @@ Public API (no side effects at import time)::
 """
 from __future__ import annotations
 
+from .architect import AmendedArchitect, StepInfo
 from .estimators import (
     ESTIMATORS,
     Hypergradient,
@@ -28,6 +29,8 @@ from .hvp import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AmendedArchitect",
+    "StepInfo",
     "ESTIMATORS",
     "Hypergradient",
     "amended",

@@ -57,6 +57,7 @@ __all__ = [
     "implicit_neumann",
     "neumann_series",
     "unrolled",
+    "validate_options",
     "write_grads_",
 ]
 
@@ -334,6 +335,45 @@ def get_estimator(name: str) -> Callable[..., Hypergradient]:
     if not isinstance(name, str) or name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; valid names: {', '.join(ESTIMATORS)}")
     return ESTIMATORS[name]
+
+
+def _check_mode_r(name: str, value: Any) -> Any:
+    if name == "mode":
+        _check_mode(value, 0.01)
+    else:
+        _check_mode("exact", value)
+    return value
+
+
+_OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "eta": _number,
+    "xi": lambda n, v: v if v is None else _number(n, v),
+    "momentum": _number,
+    "weight_decay": _number,
+    "momentum_buffers": lambda n, v: v,  # checked against the weights when the estimator runs
+    "damping": _number,
+    "tol": _number,
+    "gamma": lambda n, v: _number(n, v, strict=True),
+    "iterations": _count,
+    "terms": _count,
+    "mode": _check_mode_r,
+    "r": _check_mode_r,
+}
+
+
+def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Check option names and values for estimator ``name`` without running it.
+
+    Unknown names raise TypeError, bad values ValueError (the messages the estimator would give).
+    """
+    allowed = estimator_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)} for estimator {name!r}; "
+                        f"it accepts: {', '.join(allowed) or 'no options'}")
+    for key, value in options.items():
+        _OPTION_CHECKS[key](key, value)
+    return dict(options)
 
 
 def estimator_options(name: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ import os
 import random
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,12 +21,24 @@ __all__ = [
     "dense_grad",
     "flat",
     "make_batch",
+    "one_thread",
     "seed_all",
     "snapshot",
     "unflat",
 ]
 
 DEVICE = torch.device(os.environ.get("TORCH_DEVICE", "cpu"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids thread spin on the shared 2-core machine.
+
+    Import it into a test module to make it autouse there; restored after each test."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def seed_all(seed: int = 0) -> None:

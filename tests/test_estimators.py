@@ -23,7 +23,8 @@ from darts_amend.estimators import (
     write_grads_,
 )
 from darts_amend.hvp import list_cosine, split_parameters
-from helpers import (
+from helpers import (  # one_thread: autouse fixture
+    one_thread,
     DEVICE,
     MixedMLP,
     QuadraticBilevel,
@@ -139,7 +140,7 @@ def _newton_solve(model: LogRegNet, batch, alpha: Tensor) -> list[Tensor]:
         g = torch.autograd.functional.jacobian(f, w)
         if float(g.norm()) < 1e-14:
             break
-        w = w - torch.linalg.solve(torch.autograd.functional.hessian(f, w), g)
+        w = w - torch.linalg.solve(torch.autograd.functional.hessian(f, w, vectorize=True), g)
     assert float(torch.autograd.functional.jacobian(f, w).norm()) < 1e-13
     return [w[: W.numel()].view(shapes[0]), w[W.numel():]]
 

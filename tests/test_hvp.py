@@ -19,7 +19,8 @@ from darts_amend.hvp import (
     resolve_loss,
     split_parameters,
 )
-from helpers import (
+from helpers import (  # one_thread: autouse fixture
+    one_thread,
     DEVICE,
     MixedMLP,
     assert_close,
