@@ -52,6 +52,17 @@ def device() -> torch.device:
     return torch.device(os.environ.get("TORCH_DEVICE", "cpu"))
 
 
+
+@pytest.fixture(autouse=True)
+def _one_intra_op_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP threads
+    oversubscribe badly (measured: a float64 amended step 0.25 s with 1 thread, ~30 s with 2 under load).
+    Set for each test and restored afterwards, so nothing leaks into other test modules."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 # ----------------------------------------------------------------------------------------------- ops
 class _Zero(nn.Module):
     def __init__(self, stride: int) -> None:
