@@ -1,0 +1,65 @@
+"""Reference supernet: DARTS, S1 and S2 search spaces, PC-DARTS options, genotypes, evaluation
+networks and cell plots (paper Sec. 4.1).
+
+API notes (deviations from / additions to the coordination contract):
+- ``build_search_network(layers=None)``: None means the space's own cell count (8 for darts and
+  s1, 20 for s2); pass an int to override.
+- Alphas are registered parameters, so ``net.parameters()`` includes them: give the weight
+  optimizer ``net.weight_parameters()`` (or ``darts_amend.hvp.split_parameters``).
+- ``NetworkCIFAR`` / ``NetworkImageNet`` return logits, or ``(logits, aux_logits)`` in training
+  mode with an auxiliary head -- the same convention as the search network (upstream DARTS
+  always returns a pair).
+- ``CellGenotype`` exists; ``Genotype`` keeps DARTS' field names (``normal``, ``normal_concat``,
+  ``reduce``, ``reduce_concat``) for shared cells and has ``cells`` for per-cell (S2) genotypes.
+"""
+
+from __future__ import annotations
+
+from .evaluation import (
+    EvalCell,
+    NetworkCIFAR,
+    NetworkImageNet,
+    count_multiply_adds,
+    count_parameters,
+)
+from .genotypes import DARTS_V1, DARTS_V2, GENOTYPES, CellGenotype, Genotype
+from .operations import OPS, PRIMITIVES
+from .plot import genotype_to_dot, plot_cell, plot_genotype, plot_network
+from .search import (
+    MixedOp,
+    SearchCell,
+    SearchNetwork,
+    build_search_network,
+    derive_cell,
+    is_converged,
+)
+from .spaces import SPACES, SearchSpace, get_space, space_size
+
+__all__ = [
+    "PRIMITIVES",
+    "OPS",
+    "SPACES",
+    "SearchSpace",
+    "get_space",
+    "space_size",
+    "MixedOp",
+    "SearchCell",
+    "SearchNetwork",
+    "build_search_network",
+    "derive_cell",
+    "is_converged",
+    "CellGenotype",
+    "Genotype",
+    "DARTS_V1",
+    "DARTS_V2",
+    "GENOTYPES",
+    "EvalCell",
+    "NetworkCIFAR",
+    "NetworkImageNet",
+    "count_parameters",
+    "count_multiply_adds",
+    "plot_genotype",
+    "plot_cell",
+    "plot_network",
+    "genotype_to_dot",
+]

@@ -1,0 +1,424 @@
+"""The search network (supernet): mixed operations, search cells and the network, configured by
+a :class:`~darts_amend.supernet.spaces.SearchSpace`.
+
+Architecture parameters are registered on the module: ``alphas`` (one ``edges x ops`` tensor per
+cell kind, softmaxed over ops) and, with PC-DARTS edge normalisation, ``betas`` (one value per
+edge, softmaxed over the inputs of each node). ``arch_parameters()`` returns alphas then betas;
+every other trainable parameter is a weight (``weight_parameters()``).
+
+Options beyond DARTS:
+- ``partial_channels=K`` (PC-DARTS): an edge mixes only 1/K of the channels, the rest bypass it
+  (max-pooled in reduction edges), followed by a channel shuffle with K groups;
+- ``edge_normalization`` (PC-DARTS): node inputs weighted by softmax(betas); the genotype ranks
+  edges by alpha-softmax x beta-softmax;
+- "consistent search" (Amended-DARTS, Sec. 4.1.2): drop-path on every candidate operation's
+  output (sparing identities), dropout before the classifier and an auxiliary tower at 2/3 depth.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .genotypes import CellGenotype, Genotype
+from .operations import (
+    AuxiliaryHead,
+    FactorizedReduce,
+    Identity,
+    ReLUConvBN,
+    Zero,
+    drop_path,
+    make_op,
+    make_stem,
+)
+from .spaces import SearchSpace, get_space
+
+__all__ = [
+    "MixedOp",
+    "SearchCell",
+    "SearchNetwork",
+    "build_search_network",
+    "channel_shuffle",
+    "derive_cell",
+    "is_converged",
+]
+
+logger = logging.getLogger(__name__)
+
+Criterion = Callable[[Tensor, Tensor], Tensor]
+
+
+def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """Interleave ``groups`` channel groups (ShuffleNet), as PC-DARTS does after a partial edge."""
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+class MixedOp(nn.Module):
+    """sum_o w_o * o(x) over the candidate operations, on 1/K of the channels (PC-DARTS)."""
+
+    def __init__(
+        self, C: int, stride: int, op_names: Sequence[str], partial_channels: int = 1
+    ) -> None:
+        super().__init__()
+        if partial_channels < 1 or C % partial_channels:
+            raise ValueError(f"partial_channels={partial_channels} must be >= 1 and divide C={C}")
+        self.k = partial_channels
+        self.stride = stride
+        c_op = C // partial_channels
+        self.ops = nn.ModuleList()
+        for name in op_names:
+            op = make_op(name, c_op, stride, affine=False)
+            if "pool" in name:  # as DARTS: a non-affine BN puts pooled maps on the conv ops' scale
+                op = nn.Sequential(op, nn.BatchNorm2d(c_op, affine=False))
+            self.ops.append(op)
+        # drop-path spares identities (as in evaluation) and pointless zero maps
+        self._droppable = [not isinstance(op, (Identity, Zero)) for op in self.ops]
+
+    def forward(self, x: Tensor, weights: Tensor, drop_prob: float = 0.0) -> Tensor:
+        if self.k > 1:
+            split = x.shape[1] // self.k
+            x, rest = x[:, :split], x[:, split:]
+        out = None
+        for w, op, droppable in zip(weights, self.ops, self._droppable, strict=True):
+            y = op(x)
+            if droppable and drop_prob > 0.0:
+                y = drop_path(y, drop_prob)
+            out = w * y if out is None else out + w * y
+        assert out is not None
+        if self.k > 1:
+            if self.stride > 1:
+                rest = F.max_pool2d(rest, 2, 2, ceil_mode=True)
+            out = channel_shuffle(torch.cat([out, rest], dim=1), self.k)
+        return out
+
+
+class SearchCell(nn.Module):
+    """A search cell: every edge of ``space.edges()`` is a MixedOp."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        C_prev_prev: int,
+        C_prev: int,
+        C: int,
+        reduction: bool,
+        reduction_prev: bool,
+        partial_channels: int = 1,
+    ) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.space = space
+        if reduction_prev:
+            self.preprocess0: nn.Module = FactorizedReduce(C_prev_prev, C, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        self.edges = space.edges()
+        self.ops = nn.ModuleList(
+            MixedOp(C, 2 if reduction and src < 2 else 1, space.ops, partial_channels)
+            for _, src in self.edges
+        )
+
+    def forward(
+        self,
+        s0: Tensor,
+        s1: Tensor,
+        weights: Tensor,
+        edge_weights: Tensor | None = None,
+        drop_prob: float = 0.0,
+    ) -> Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        e = 0
+        for node in range(self.space.steps):
+            total = None
+            for src in self.space.node_inputs(node):
+                h = self.ops[e](states[src], weights[e], drop_prob)
+                if edge_weights is not None:
+                    h = edge_weights[e] * h
+                total = h if total is None else total + h
+                e += 1
+            states.append(total)
+        return torch.cat(states[-self.space.multiplier :], dim=1)
+
+
+def _node_softmax(space: SearchSpace, betas: Tensor) -> Tensor:
+    """softmax of the betas over the inputs of each node (PC-DARTS edge normalisation)."""
+    parts, start = [], 0
+    for node in range(space.steps):
+        n = len(space.node_inputs(node))
+        parts.append(F.softmax(betas[start : start + n], dim=-1))
+        start += n
+    return torch.cat(parts)
+
+
+def derive_cell(
+    space: SearchSpace, op_weights: Tensor, edge_weights: Tensor | None = None
+) -> tuple[CellGenotype, list[tuple[int, int]]]:
+    """Read a cell genotype off softmaxed weights (``edges x ops``).
+
+    darts-style spaces: per node, keep the ``inputs_per_node`` inputs whose best non-``none``
+    weight (times the edge weight, with edge normalisation) is largest, each with that op.
+    Fixed-edge spaces: every edge keeps its argmax op (``none`` excluded).
+    Returns the genotype and the kept ``(edge_index, op_index)`` pairs.
+    """
+    w = op_weights.detach().to(torch.float64).cpu()
+    if edge_weights is not None:
+        w = w * edge_weights.detach().to(torch.float64).cpu()[:, None]
+    allowed = torch.tensor([op != "none" for op in space.ops])
+    masked = w.masked_fill(~allowed, float("-inf"))
+    best_val, best_op = masked.max(dim=1)
+    genes: list[tuple[str, int]] = []
+    kept: list[tuple[int, int]] = []
+    e = 0
+    for node in range(space.steps):
+        inputs = space.node_inputs(node)
+        idx = list(range(e, e + len(inputs)))
+        if space.fixed_edges:
+            chosen = idx
+        else:  # stable sort: ties go to the lower input index
+            chosen = sorted(idx, key=lambda i: -float(best_val[i]))[: space.inputs_per_node]
+        for i in chosen:
+            genes.append((space.ops[int(best_op[i])], inputs[i - e]))
+            kept.append((i, int(best_op[i])))
+        e += len(inputs)
+    return CellGenotype(tuple(genes), space.concat), kept
+
+
+class SearchNetwork(nn.Module):
+    """DARTS-style supernet over a :class:`SearchSpace`. Build it with :func:`build_search_network`.
+
+    ``forward(x)`` returns logits, or ``(logits, aux_logits)`` in training mode with
+    ``auxiliary=True``. ``_loss(x, y)`` adds ``auxiliary_weight`` x the auxiliary loss.
+    ``drop_path_prob`` is a plain attribute (a trainer may schedule it).
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        C: int = 16,
+        num_classes: int = 10,
+        layers: int | None = None,
+        in_channels: int = 3,
+        partial_channels: int = 1,
+        edge_normalization: bool = False,
+        drop_path_prob: float = 0.0,
+        dropout: float = 0.0,
+        auxiliary: bool = False,
+        auxiliary_weight: float = 0.4,
+        stem: str = "cifar",
+        stem_multiplier: int = 3,
+        criterion: Criterion | None = None,
+    ) -> None:
+        super().__init__()
+        layers = space.layers if layers is None else int(layers)
+        if layers < 1:
+            raise ValueError(f"invalid layers: {layers}")
+        space = get_space(space, layers=layers)
+        for name, value in (("C", C), ("num_classes", num_classes), ("in_channels", in_channels)):
+            if int(value) < 1:
+                raise ValueError(f"invalid {name}: {value}")
+        if not 0.0 <= drop_path_prob < 1.0:
+            raise ValueError(f"invalid drop_path_prob: {drop_path_prob}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"invalid dropout: {dropout}")
+        if auxiliary_weight < 0:
+            raise ValueError(f"invalid auxiliary_weight: {auxiliary_weight}")
+        if C % partial_channels:
+            raise ValueError(f"partial_channels={partial_channels} must divide C={C}")
+        self.space = space
+        self.C, self.num_classes, self.layers = C, num_classes, layers
+        self.in_channels = in_channels
+        self.partial_channels = partial_channels
+        self.edge_normalization = edge_normalization
+        self.drop_path_prob = float(drop_path_prob)
+        self.auxiliary = auxiliary
+        self.auxiliary_weight = float(auxiliary_weight)
+        self.criterion: Criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
+        self.op_names: list[str] = list(space.ops)
+        self.cell_kinds: list[str] = space.cell_kinds(layers)
+
+        if stem == "cifar":
+            C_curr = stem_multiplier * C
+            self.stem0, self.stem1 = make_stem("cifar", in_channels, C_curr)
+            reduction_prev = False
+        else:
+            C_curr = C
+            self.stem0, self.stem1 = make_stem(stem, in_channels, C_curr)
+            reduction_prev = True
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.reduction_layers = sorted({layers // 3, 2 * layers // 3})
+        self.aux_layer = 2 * layers // 3
+        self.cells = nn.ModuleList()
+        self._cell_kind_index: list[int] = []
+        C_aux = C_prev
+        for i in range(layers):
+            reduction = i in self.reduction_layers
+            if reduction:
+                C_curr *= 2
+            self.cells.append(
+                SearchCell(
+                    space, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, partial_channels
+                )
+            )
+            self._cell_kind_index.append(i if space.per_cell else int(reduction))
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, space.multiplier * C_curr
+            if i == self.aux_layer:
+                C_aux = C_prev
+        self.auxiliary_head = (
+            AuxiliaryHead(C_aux, num_classes, pool_stride=3 if stem == "cifar" else 2)
+            if auxiliary
+            else None
+        )
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+        # architecture parameters: alphas (edges x ops) per cell kind, betas (edges) per kind
+        n_kinds, n_edges, n_ops = len(self.cell_kinds), space.num_edges, len(space.ops)
+        self.alphas = nn.ParameterList(
+            nn.Parameter(1e-3 * torch.randn(n_edges, n_ops)) for _ in range(n_kinds)
+        )
+        self.betas = nn.ParameterList(
+            nn.Parameter(1e-3 * torch.randn(n_edges))
+            for _ in range(n_kinds if edge_normalization else 0)
+        )
+
+    # -- parameters -------------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """Alphas (one per cell kind), then betas when edge normalisation is on."""
+        return list(self.alphas) + list(self.betas)
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Every parameter that is not an architecture parameter (for the weight optimizer)."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    # -- forward ----------------------------------------------------------------------------
+    def _weights(self) -> tuple[list[Tensor], list[Tensor | None]]:
+        ops = [F.softmax(a, dim=-1) for a in self.alphas]
+        edges: list[Tensor | None] = (
+            [_node_softmax(self.space, b) for b in self.betas]
+            if self.edge_normalization
+            else [None] * len(ops)
+        )
+        return ops, edges
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
+        op_w, edge_w = self._weights()
+        s0 = self.stem0(x)
+        s1 = s0 if self.stem1 is None else self.stem1(s0)
+        drop = self.drop_path_prob if self.training else 0.0
+        aux = None
+        for i, cell in enumerate(self.cells):
+            k = self._cell_kind_index[i]
+            s0, s1 = s1, cell(s0, s1, op_w[k], edge_w[k], drop)
+            if i == self.aux_layer and self.auxiliary_head is not None and self.training:
+                aux = self.auxiliary_head(s1)
+        logits = self.classifier(self.dropout(self.global_pooling(s1).flatten(1)))
+        return (logits, aux) if aux is not None else logits
+
+    def _loss(self, x: Tensor, y: Tensor) -> Tensor:
+        out = self(x)
+        if isinstance(out, tuple):
+            logits, aux = out
+            return self.criterion(logits, y) + self.auxiliary_weight * self.criterion(aux, y)
+        return self.criterion(out, y)
+
+    # -- architecture read-out ----------------------------------------------------------------
+    def edge_weights(self) -> dict[str, Tensor]:
+        """cell kind -> softmax over ops of its alphas (``edges x ops``, detached)."""
+        return {
+            kind: F.softmax(a.detach(), dim=-1)
+            for kind, a in zip(self.cell_kinds, self.alphas, strict=True)
+        }
+
+    def edge_normalizers(self) -> dict[str, Tensor]:
+        """cell kind -> per-edge weights: softmax(betas) over each node's inputs."""
+        return {
+            kind: _node_softmax(self.space, b.detach())
+            for kind, b in zip(self.cell_kinds, self.betas, strict=True)
+        }
+
+    def _derived(self) -> list[tuple[CellGenotype, list[tuple[int, int]]]]:
+        op_w = self.edge_weights()
+        edge_w = self.edge_normalizers() if self.edge_normalization else {}
+        return [derive_cell(self.space, op_w[k], edge_w.get(k)) for k in self.cell_kinds]
+
+    def genotype(self) -> Genotype:
+        """The discrete architecture under the space's genotype rule."""
+        cells = [cell for cell, _ in self._derived()]
+        if self.space.per_cell:
+            return Genotype.per_cell(cells)
+        return Genotype.shared(cells[0], cells[1])
+
+    def kept_op_weights(self) -> dict[str, list[float]]:
+        """cell kind -> softmax weight (over ops) of every kept operation, genotype order."""
+        out = {}
+        for kind, (_, kept) in zip(self.cell_kinds, self._derived(), strict=True):
+            w = F.softmax(self.alphas[self.cell_kinds.index(kind)].detach(), dim=-1)
+            out[kind] = [float(w[e, o]) for e, o in kept]
+        return out
+
+
+def is_converged(net: SearchNetwork, threshold: float = 0.5) -> bool:
+    """The paper's convergence test (Sec. 4.1.1): every kept op has softmax weight >= threshold."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"invalid threshold: {threshold}")
+    if not hasattr(net, "kept_op_weights"):
+        raise TypeError(f"is_converged needs a SearchNetwork, got {type(net).__name__}")
+    return all(w >= threshold for ws in net.kept_op_weights().values() for w in ws)
+
+
+def build_search_network(
+    space: str | SearchSpace = "darts",
+    C: int = 16,
+    num_classes: int = 10,
+    layers: int | None = None,
+    in_channels: int = 3,
+    ops: Sequence[str] | None = None,
+    partial_channels: int = 1,
+    edge_normalization: bool = False,
+    drop_path_prob: float = 0.0,
+    dropout: float = 0.0,
+    auxiliary: bool = False,
+    **kwargs,
+) -> SearchNetwork:
+    """Build the supernet of a named space (``"darts"``, ``"s1"``, ``"s2"``) or a given one.
+
+    ``ops`` replaces the space's operation list, ``layers`` its cell count (default: the
+    space's: 8 for darts / s1, 20 for s2). Extra keyword arguments go to :class:`SearchNetwork`
+    (``auxiliary_weight``, ``stem``, ``criterion``, ``stem_multiplier``).
+    """
+    spec = get_space(space, ops=ops, layers=layers)
+    net = SearchNetwork(
+        spec,
+        C=C,
+        num_classes=num_classes,
+        layers=spec.layers,
+        in_channels=in_channels,
+        partial_channels=partial_channels,
+        edge_normalization=edge_normalization,
+        drop_path_prob=drop_path_prob,
+        dropout=dropout,
+        auxiliary=auxiliary,
+        **kwargs,
+    )
+    logger.debug(
+        "built %s supernet: %d cells, %d alpha sets, %d edges x %d ops",
+        spec.name,
+        net.layers,
+        len(net.alphas),
+        spec.num_edges,
+        len(spec.ops),
+    )
+    return net
