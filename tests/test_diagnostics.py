@@ -252,3 +252,167 @@ def test_dense_hypergradient_closed_form() -> None:
     sing = (torch.zeros(2, 2, dtype=DTYPE), torch.zeros(2, dtype=DTYPE))
     with pytest.raises(ValueError, match="singular"):
         dense_hypergradient(model, sing, valid)
+
+
+# ---------------------------------------------------------------- alignment
+from darts_amend.diagnostics import alignment  # noqa: E402
+
+from helpers import dense_grad  # noqa: E402
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+@pytest.mark.parametrize("reference", ["dense", "implicit_cg"])
+def test_alignment_counterexample_amended_term_points_backwards(reference: str) -> None:
+    k, eta = 4.0, 0.1
+    model, train, valid = _counterexample(k)
+    before = snapshot(model)
+    rep = alignment(model, train, valid, reference=reference,
+                    estimators={"first_order": None, "amended": {"eta": eta},
+                                "implicit_cg": {"iterations": 2}})
+    assert rep.reference == reference and rep.reference_seconds > 0
+    am = rep.estimators["amended"]
+    # exact g2 = -(1 - 1/k) = -0.75, amended g2' = -eta (1 - k) = +0.3: opposite directions
+    assert am.cos_g2 == pytest.approx(-1.0, abs=1e-12)
+    assert am.rel_err_g2 == pytest.approx((0.3 + 0.75) / 0.75, rel=1e-10)
+    assert am.g2_norm_ratio == pytest.approx(0.3 / 0.75, rel=1e-10)
+    assert am.cos_grad == pytest.approx(-1.0, abs=1e-12)  # g1 = 0 here
+    assert am.seconds > 0
+    cg = rep.estimators["implicit_cg"]  # CG on a 2x2 SPD system is exact in 2 steps
+    assert cg.cos_g2 == pytest.approx(1.0, abs=1e-12) and cg.rel_err_g2 < 1e-12
+    fo = rep.estimators["first_order"]  # no second term: counted as zero
+    assert math.isnan(fo.cos_g2) and fo.rel_err_g2 == 1.0 and fo.g2_norm_ratio == 0.0
+    flat = rep.flat()
+    assert flat["align/first_order/cos_g2"] is None
+    assert flat["align/amended/cos_g2"] == pytest.approx(-1.0)
+    json.dumps(flat, allow_nan=False)
+    assert_same_state(before, snapshot(model))
+
+
+def test_alignment_matches_dense_exact_on_mixed_mlp() -> None:
+    seed_all(3)
+    model = MixedMLP(d_in=4, hidden=3, classes=3, ops=3)
+    train, valid = make_batch(10, seed=4), make_batch(10, seed=5)
+    _, b, h = dense_blocks(model, train)
+    g1, v = dense_grad(model, valid)
+    g2 = -b @ torch.linalg.solve(h, v)
+    eta = 0.3
+    g2_am = -eta * b @ (h @ v)
+    rep = alignment(model, train, valid, reference="dense",
+                    estimators={"amended": {"eta": eta}, "first_order": {}})
+    am = rep.estimators["amended"]
+    assert am.cos_g2 == pytest.approx(_cos(g2_am, g2), abs=1e-9)
+    assert am.rel_err_g2 == pytest.approx(float((g2_am - g2).norm() / g2.norm()), rel=1e-8)
+    assert am.cos_grad == pytest.approx(_cos(g1 + g2_am, g1 + g2), abs=1e-9)
+    assert am.rel_err_grad == pytest.approx(
+        float((g2_am - g2).norm() / (g1 + g2).norm()), rel=1e-8)
+    fo = rep.estimators["first_order"]
+    assert fo.cos_grad == pytest.approx(_cos(g1, g1 + g2), abs=1e-9)
+
+
+def test_alignment_rejects_bad_requests() -> None:
+    model, train, valid = _counterexample()
+    with pytest.raises(ValueError, match="valid names"):
+        alignment(model, train, valid, estimators=["amended", "second_order"])
+    with pytest.raises(TypeError, match="string"):
+        alignment(model, train, valid, estimators="amended")
+    with pytest.raises(ValueError, match="valid names"):
+        alignment(model, train, valid, reference="exact")
+    with pytest.raises(ValueError, match="empty"):
+        alignment(model, train, valid, estimators=[])
+
+
+# ---------------------------------------------------------------- collapse on a real supernet
+from darts_amend.diagnostics import collapse_signals, epoch_diagnostics  # noqa: E402
+from darts_amend.supernet import Genotype, build_search_network  # noqa: E402
+
+
+@pytest.fixture
+def one_thread():
+    # tiny convolutions: intra-op threads only add contention on a shared 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _set_alphas(net, values: dict[str, float]) -> None:
+    with torch.no_grad():
+        for a in net.alphas:
+            a.zero_()
+            for op, val in values.items():
+                a[:, net.op_names.index(op)] = val
+
+
+def _entropy(p: list[float]) -> float:
+    return -sum(x * math.log(x) for x in p if x > 0) / math.log(len(p))
+
+
+def test_collapse_signals_on_a_collapsing_darts_supernet() -> None:
+    torch.manual_seed(0)
+    net = build_search_network("darts", C=2, num_classes=3, layers=3, in_channels=1)
+    n_ops = len(net.op_names)  # 8, with 'none'
+    # start of a search: uniform mixture
+    _set_alphas(net, {})
+    s = collapse_signals(net)
+    assert s["collapse/entropy_mean"] == pytest.approx(1.0, abs=1e-12)
+    assert s["collapse/kept_weight_min"] == pytest.approx(1 / n_ops, abs=1e-12)
+    assert not s["collapse/kept_above"]
+    # collapse: 'none' dominates (never kept), skip_connect second -> every kept op is skip
+    _set_alphas(net, {"none": 6.0, "skip_connect": 5.0})
+    s = collapse_signals(net)
+    z = math.exp(6) + math.exp(5) + (n_ops - 2)
+    p = [math.exp(6) / z, math.exp(5) / z] + [1 / z] * (n_ops - 2)
+    assert s["collapse/skip_share"] == 1.0
+    assert s["collapse/kept_weight_min"] == pytest.approx(p[1], rel=1e-6)
+    assert s["collapse/kept_weight_mean"] == pytest.approx(p[1], rel=1e-6)
+    assert not s["collapse/kept_above"]  # 0.27 < 0.5: not converged, although collapsed
+    for kind in ("normal", "reduce"):
+        assert s[f"collapse/entropy/{kind}"] == pytest.approx(_entropy(p), rel=1e-6)
+    geno = Genotype.from_json(s["collapse/genotype"])
+    assert {op for op, _ in geno.normal} == {"skip_connect"}
+    # half collapsed: only the normal cell is all skip
+    with torch.no_grad():
+        net.alphas[1].zero_()
+        net.alphas[1][:, net.op_names.index("sep_conv_3x3")] = 5.0
+    assert collapse_signals(net)["collapse/skip_share"] == 0.5
+    with pytest.raises(TypeError, match="edge_weights"):
+        collapse_signals(torch.nn.Linear(2, 2))
+
+
+def test_epoch_diagnostics_on_s1_supernet(one_thread) -> None:
+    torch.manual_seed(0)
+    net = build_search_network("s1", C=2, num_classes=3, layers=3, in_channels=1,
+                               dropout=0.2).double().train()
+    _set_alphas(net, {"skip_connect": 3.0})  # skip weight e^3/(e^3+6) = 0.77 on every edge
+    x, y = torch.randn(6, 1, 8, 8, dtype=DTYPE), torch.randint(0, 3, (6,))
+    train, valid = (x[:3], y[:3]), (x[3:], y[3:])
+    before = snapshot(net)
+    rng = torch.get_rng_state()
+    grown = [{"epoch": e, "eig/alphas": 1e-3 if e < 12 else 1.0} for e in range(16)]
+    history = grown + [{"epoch": 16, "collapse/genotype": collapse_signals(net)["collapse/genotype"]}]
+    rec = epoch_diagnostics(net, train, valid, epoch=17, history=history, every=1,
+                            eigen_iterations=4, early_stop={"start_epoch": 0},
+                            estimators={"amended": {"eta": 0.1}},
+                            reference_options={"iterations": 3})
+    json.dumps(rec, allow_nan=False)
+    assert_same_state(before, snapshot(net))  # weights, BN statistics, alphas untouched
+    assert torch.equal(rng, torch.get_rng_state())  # dropout drew from a forked stream
+    assert rec["collapse/skip_share"] == 1.0
+    assert rec["collapse/kept_weight_min"] == pytest.approx(math.exp(3) / (math.exp(3) + 6))
+    assert rec["collapse/kept_above"] and rec["collapse/converged"]  # same genotype as epoch 16
+    assert rec["eig/alphas_seconds"] > 0 and math.isfinite(rec["eig/alphas"])
+    assert rec["align/amended/seconds"] > 0 and -1 <= rec["align/amended/cos_g2"] <= 1
+    # eigenvalue history 1e-3 ... then ~1: the RobustDARTS rule fires and points back
+    assert rec["diag/early_stop"] and rec["diag/revert_epoch"] is not None
+    assert rec["diag/revert_epoch"] < 12
+    # not a measuring epoch: only the cheap signals, and no stop decision
+    quiet = epoch_diagnostics(net, train, valid, epoch=3, every=2, early_stop={})
+    assert not any(k.startswith(("eig/", "align/")) for k in quiet)
+    assert quiet["diag/early_stop"] is False and "collapse/converged" in quiet
+    with pytest.raises(ValueError, match="curvature"):
+        epoch_diagnostics(net, train, valid, epoch=0, curvature=("betas",))
+    with pytest.raises(ValueError, match="alphas"):
+        epoch_diagnostics(net, train, valid, epoch=0, curvature=(), early_stop={})

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from .alignment import DEFAULT_ESTIMATORS, alignment
-from .collapse import (EarlyStopDecision, convergence_rule, edge_entropy, eigen_early_stop, kept_ops,
-                       kept_weights, skip_share)
+from .collapse import (EarlyStopDecision, convergence_rule, edge_entropy, eigen_early_stop,
+                       kept_ops, kept_weights, skip_share)
 from .spectral import dominant_eigenvalue
 
 __all__ = ["collapse_signals", "epoch_diagnostics"]
@@ -24,40 +24,15 @@ LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 _CURVATURE = ("alphas", "weights")
 
 
-def _edge_order(model: nn.Module, rows: int, steps: int) -> list[tuple[int, int]]:
-    """(node, input_state) of each alpha row: from ``model.space`` when it has one."""
-    space = getattr(model, "space", None)
-    if space is not None and hasattr(space, "edges"):
-        order = list(space.edges())
-        if len(order) == rows:
-            return order
-    if rows == sum(2 + i for i in range(steps)):  # DARTS: every earlier state
-        return [(n, s) for n in range(steps) for s in range(n + 2)]
-    if rows == 2 * steps:  # fixed edges: c_{k-2} and the previous state
-        return [(n, s) for n in range(steps) for s in (0, n + 1)]
-    raise ValueError(f"cannot map {rows} alpha rows onto a cell with {steps} nodes")
-
-
-def _kept_from_genotype(model: nn.Module, kind: str, weights: Tensor, cell: Any,
-                        op_names: Sequence[str]) -> list[tuple[int, int]]:
-    order = {edge: row for row, edge in enumerate(_edge_order(model, weights.shape[0], cell.steps))}
-    kept = []
-    for pos, (op, src) in enumerate(cell.edges):
-        edge = (pos // 2, src)
-        if edge not in order or op not in op_names:
-            raise ValueError(f"genotype of {kind!r} keeps {op}({src}) at node {pos // 2}, "
-                             "which is not an edge/op of the supernet")
-        kept.append((order[edge], list(op_names).index(op)))
-    return kept
-
-
 @torch.no_grad()
 def collapse_signals(model: nn.Module, *, threshold: float = 0.5) -> dict[str, Any]:
     """Cheap collapse / convergence signals of a supernet's current alphas (no forward pass).
 
-    Needs ``model.edge_weights()`` (cell kind -> softmax, edges x ops) and ``model.op_names``;
-    with ``model.genotype()`` the kept operators are those of the supernet's own genotype,
-    otherwise argmax per edge excluding ``none``. Keys:
+    Protocol (met by :class:`darts_amend.supernet.SearchNetwork`): ``model.edge_weights()``
+    (cell kind -> softmax over ops, edges x ops) and ``model.op_names``; optionally
+    ``model.kept_op_weights()`` (cell kind -> weights of the kept ops under the space's genotype
+    rule) and ``model.genotype()``. Without ``kept_op_weights`` every edge keeps its argmax op
+    (``none`` excluded), the fixed-edge rule. Keys:
 
     - ``collapse/skip_share``: fraction of kept ops that are ``skip_connect``;
     - ``collapse/entropy/<kind>`` and ``collapse/entropy_mean``: mean per-edge entropy,
@@ -67,32 +42,39 @@ def collapse_signals(model: nn.Module, *, threshold: float = 0.5) -> dict[str, A
       paper's convergence rule);
     - ``collapse/genotype``: the genotype as a JSON string (when the model has ``genotype()``).
     """
-    if not hasattr(model, "edge_weights") or not hasattr(model, "op_names"):
+    inner = getattr(model, "module", model) if not hasattr(model, "edge_weights") else model
+    if not hasattr(inner, "edge_weights") or not hasattr(inner, "op_names"):
         raise TypeError(f"{type(model).__name__} has no edge_weights() / op_names: collapse "
                         "signals need a darts_amend.supernet search network (or the same protocol)")
-    inner = getattr(model, "module", model)  # DataParallel / DDP
+    if not 0 < threshold <= 1:
+        raise ValueError(f"invalid threshold: {threshold}")
     op_names = list(inner.op_names)
     weights = {k: w.detach().to(torch.float64) for k, w in inner.edge_weights().items()}
     if not weights:
         raise ValueError("edge_weights() returned no cells")
-    genotype = inner.genotype() if hasattr(inner, "genotype") else None
-    cells = genotype.cell_genotypes() if genotype is not None else {}
     out: dict[str, Any] = {}
-    entropies, kept_all, kept_names = [], [], []
+    entropies = []
     for kind, w in weights.items():
         h = edge_entropy(w)
         entropies.append(h)
         out[f"collapse/entropy/{kind}"] = float(h.mean())
-        if kind in cells:
-            kept = _kept_from_genotype(inner, kind, w, cells[kind], op_names)
-        else:
-            kept = kept_ops(w, op_names)
-        kept_all.append(kept_weights(w, kept))
-        kept_names.extend(op_names[o] for _, o in kept)
-    kept_w = torch.cat(kept_all)
     out["collapse/entropy_mean"] = float(torch.cat(entropies).mean())
-    out["collapse/skip_share"] = (float(genotype.skip_share()) if genotype is not None
-                                  else skip_share(kept_names))
+    genotype = inner.genotype() if hasattr(inner, "genotype") else None
+    kept = None
+    if hasattr(inner, "kept_op_weights"):
+        kept_w = torch.tensor([x for ws in inner.kept_op_weights().values() for x in ws],
+                              dtype=torch.float64)
+    else:
+        kept = {kind: kept_ops(w, op_names) for kind, w in weights.items()}
+        kept_w = torch.cat([kept_weights(weights[k], kept[k]) for k in weights])
+    if genotype is not None:
+        out["collapse/skip_share"] = float(genotype.skip_share())
+    else:
+        if kept is None:
+            kept = {kind: kept_ops(w, op_names) for kind, w in weights.items()}
+        out["collapse/skip_share"] = skip_share([op_names[o] for ks in kept.values() for _, o in ks])
+    if kept_w.numel() == 0:
+        raise ValueError("the supernet keeps no operation")
     out["collapse/kept_weight_min"] = float(kept_w.min())
     out["collapse/kept_weight_mean"] = float(kept_w.mean())
     out["collapse/kept_above"] = bool((kept_w >= threshold).all())

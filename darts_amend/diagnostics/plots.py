@@ -145,11 +145,17 @@ def plot_run(run_dir: str | Path, *, path: str | Path | None = None) -> Path:
 
     ax_ent.set_title("mean edge entropy (1 = uniform, 0 = decided)")
     drawn = False
-    for key in [k for k in keys if _ENTROPY.match(k)] + ["collapse/entropy_mean"]:
+    kinds = [k for k in keys if _ENTROPY.match(k)]
+    many = len(kinds) > 4  # per-cell spaces (S2: 20 cells): thin grey lines, no legend entries
+    for key in kinds + ["collapse/entropy_mean"]:
         x, y = _series(records, xs, key)
         if x:
-            label = "all cells" if key.endswith("entropy_mean") else _ENTROPY.match(key)["kind"]
-            ax_ent.plot(x, y, "o-" if label == "all cells" else "-", ms=3, label=label)
+            if key.endswith("entropy_mean"):
+                ax_ent.plot(x, y, "o-", ms=3, color="k" if many else "C2", label="all cells")
+            elif many:
+                ax_ent.plot(x, y, "-", lw=0.6, color="0.7")
+            else:
+                ax_ent.plot(x, y, "-", label=_ENTROPY.match(key)["kind"])
             drawn = True
     if drawn:
         ax_ent.set_ylim(-0.02, 1.02)
