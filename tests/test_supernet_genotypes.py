@@ -16,6 +16,7 @@ from darts_amend.supernet import (
     build_search_network,
     genotype_to_dot,
     plot_genotype,
+    plot_space,
 )
 
 UPSTREAM_V2 = (
@@ -141,3 +142,9 @@ def test_plot_per_cell_network(tmp_path: Path) -> None:
 def test_plot_rejects_non_genotype(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="Genotype"):
         plot_genotype("DARTS_V2", tmp_path / "x")
+
+
+@pytest.mark.parametrize("space", ["darts", "s1", "s2"])
+def test_plot_space(tmp_path: Path, space: str) -> None:
+    path = plot_space(space, tmp_path / f"{space}.png")
+    assert path.exists() and _is_png(path) and path.stat().st_size > 5000

@@ -24,7 +24,7 @@ from .evaluation import (
 )
 from .genotypes import DARTS_V1, DARTS_V2, GENOTYPES, CellGenotype, Genotype
 from .operations import OPS, PRIMITIVES
-from .plot import genotype_to_dot, plot_cell, plot_genotype, plot_network
+from .plot import genotype_to_dot, plot_cell, plot_genotype, plot_network, plot_space
 from .search import (
     MixedOp,
     SearchCell,
@@ -61,5 +61,6 @@ __all__ = [
     "plot_genotype",
     "plot_cell",
     "plot_network",
+    "plot_space",
     "genotype_to_dot",
 ]

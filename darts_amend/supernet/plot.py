@@ -13,11 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .genotypes import CellGenotype, Genotype
+from .spaces import SearchSpace
 
 __all__ = [
     "plot_genotype",
     "plot_cell",
     "plot_network",
+    "plot_space",
     "genotype_to_dot",
     "cell_to_dot",
     "OP_COLORS",
@@ -44,13 +46,13 @@ def _label(idx: int) -> str:
     return {0: "c_{k-2}", 1: "c_{k-1}"}.get(idx, str(idx - 2))
 
 
-def _layout(cell: CellGenotype) -> dict[str, tuple[float, float]]:
+def _layout(steps: int) -> dict[str, tuple[float, float]]:
     """Node positions: c_{k-1} above and c_{k-2} below on the left, intermediate nodes on a
     horizontal line, the output on the right."""
     pos = {"c_{k-2}": (0.0, -1.3), "c_{k-1}": (0.0, 1.3)}
-    for i in range(cell.steps):
+    for i in range(steps):
         pos[str(i)] = (1.5 + 1.3 * i, 0.0)
-    pos["c_{k}"] = (1.5 + 1.3 * cell.steps + 0.3, 0.0)
+    pos["c_{k}"] = (1.5 + 1.3 * steps + 0.3, 0.0)
     return pos
 
 
@@ -80,9 +82,24 @@ def _edge_rad(src: str, dst: str, pos: dict[str, tuple[float, float]], k: int) -
 
 
 def _draw_cell(ax, cell: CellGenotype, *, labels: bool, font: float = 8.0) -> None:
+    edges = [(src, k // 2, op) for k, (op, src) in enumerate(cell.edges)]
+    _draw_graph(ax, cell.steps, edges, cell.concat, labels=labels, font=font)
+
+
+def _draw_graph(
+    ax,
+    steps: int,
+    edges: Sequence[tuple[int, int, str | None]],
+    concat: Sequence[int],
+    *,
+    labels: bool,
+    font: float = 8.0,
+) -> None:
+    """Draw a cell graph: ``edges`` are ``(input_state, node, op)``; op None = a grey
+    candidate edge (search-space pictures)."""
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-    pos = _layout(cell)
+    pos = _layout(steps)
     ax.set_aspect("equal")
     ax.axis("off")
     xs = [p[0] for p in pos.values()]
@@ -129,14 +146,14 @@ def _draw_cell(ax, cell: CellGenotype, *, labels: bool, font: float = 8.0) -> No
                 bbox=dict(boxstyle="round,pad=0.08", fc="white", ec="none", alpha=0.85),
             )
 
-    for k, idx in enumerate(cell.concat):
-        src = _label(idx)
-        arrow(src, "c_{k}", "#c8c8c8", None, 0.0 if idx == cell.steps + 1 else 0.25 + 0.05 * k, 0.8)
-    for k, (op, src) in enumerate(cell.edges):
-        a, b = _label(src), str(k // 2)
-        arrow(
-            a, b, OP_COLORS.get(op, "black"), op if labels else None, _edge_rad(a, b, pos, k), 1.5
-        )
+    for k, idx in enumerate(concat):
+        rad = 0.0 if idx == steps + 1 else 0.25 + 0.05 * k
+        arrow(_label(idx), "c_{k}", "#c8c8c8", None, rad, 0.8)
+    for k, (src, node, op) in enumerate(edges):
+        a, b = _label(src), str(node)
+        color = OP_COLORS.get(op, "black") if op is not None else "#555555"
+        text = op if labels and op is not None else None
+        arrow(a, b, color, text, _edge_rad(a, b, pos, k), 1.5 if op is not None else 1.0)
     for name, (x, y) in pos.items():
         is_io = name.startswith("c_")
         ax.add_patch(
@@ -211,6 +228,28 @@ def plot_network(
     )
     if title:
         fig.suptitle(title, fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_space(space: SearchSpace | str, path: str | Path, title: str | None = None) -> Path:
+    """Draw a search space's cell: every candidate edge (each mixes all of the space's ops)."""
+    from .spaces import get_space
+
+    spec = get_space(space)
+    path = Path(path)
+    edges = [(src, node, None) for node, src in spec.edges()]
+    fig = _new_figure(1.1 * (2.2 + 1.3 * spec.steps), 3.6)
+    ax = fig.add_axes((0.0, 0.0, 1.0, 0.88))
+    _draw_graph(ax, spec.steps, edges, spec.concat, labels=False)
+    if title is None:
+        sharing = "own alphas per cell" if spec.per_cell else "alphas shared by cell type"
+        title = (
+            f"{spec.name}: {spec.num_edges} edges x {len(spec.ops)} ops, {sharing}\n"
+            f"ops: {', '.join(spec.ops)}"
+        )
+    fig.suptitle(title, fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
