@@ -264,6 +264,10 @@ def test_is_converged() -> None:
     assert net.kept_op_weights()["normal"] == pytest.approx([0.5] * 8)
     with pytest.raises(ValueError, match="threshold"):
         is_converged(net, threshold=0.0)
+    wrapped = torch.nn.DataParallel(net)  # unwrapped via .module
+    assert is_converged(wrapped) == is_converged(net) is False
+    with pytest.raises(TypeError, match="SearchNetwork"):
+        is_converged(torch.nn.Linear(2, 2))
 
 
 def test_space_sizes_match_paper() -> None:

@@ -371,9 +371,14 @@ class SearchNetwork(nn.Module):
 
 
 def is_converged(net: SearchNetwork, threshold: float = 0.5) -> bool:
-    """The paper's convergence test (Sec. 4.1.1): every kept op has softmax weight >= threshold."""
+    """The paper's convergence test (Sec. 4.1.1): every kept op has softmax weight >= threshold.
+
+    (The paper also asks that the genotype stops changing; that needs the run's history, so the
+    search loop checks it.) DataParallel / DDP wrappers are unwrapped."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"invalid threshold: {threshold}")
+    if not hasattr(net, "kept_op_weights") and hasattr(net, "module"):  # DataParallel / DDP
+        net = net.module
     if not hasattr(net, "kept_op_weights"):
         raise TypeError(f"is_converged needs a SearchNetwork, got {type(net).__name__}")
     return all(w >= threshold for ws in net.kept_op_weights().values() for w in ws)
