@@ -249,7 +249,7 @@ def dominant_eigenvalue(
     method: str = "lanczos",
     which: str = "largest",
     iterations: int = 20,
-    tol: float = 1e-3,
+    tol: float = 1e-2,
     seed: int = 0,
 ) -> EigenResult:
     """Dominant eigenvalue of the Hessian of ``loss_fn(model, *batch)`` in the alphas or weights.
@@ -261,7 +261,10 @@ def dominant_eigenvalue(
     double backward per iteration, all on the same graph (so dropout masks are the same in
     every product). Weights, BatchNorm running statistics and the global RNG are left exactly
     as found. ``method``: ``"lanczos"`` (default) or ``"power"`` (which finds the eigenvalue of
-    largest magnitude, so it requires ``which="magnitude"``).
+    largest magnitude, so it requires ``which="magnitude"``). ``tol`` bounds the relative
+    residual ``||A q - lambda q|| / |lambda|``; the eigenvalue error of a Ritz value is of the
+    order of the residual squared over the spectral gap, so 1e-2 gives a value good to far
+    better than 1% -- ample for a trend -- in fewer products than a tighter tolerance.
     """
     from darts_amend.hvp import preserve_state, split_parameters
 
