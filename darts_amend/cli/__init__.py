@@ -1,6 +1,420 @@
-"""The ``darts-amend`` command line."""
+"""The ``darts-amend`` command line: ``search``, ``train``, ``plot`` and ``patch-repo``.
+
+``main(argv=None) -> int`` is the console-script entry point; tests call it in-process. Bad
+input prints ``darts-amend: error: ...`` to stderr and returns 2 before anything is written.
+"""
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-def main(argv=None) -> int:  # replaced by the CLI issue
-    raise SystemExit("darts-amend: no sub-commands yet")
+from .config import (
+    SEARCH_PRESETS,
+    TRAIN_PRESETS,
+    CLIError,
+    SearchConfig,
+    TrainConfig,
+    add_config_flags,
+    build_config,
+    config_to_dict,
+)
+
+__all__ = ["main", "build_parser", "CLIError"]
+
+logger = logging.getLogger("darts_amend.cli")
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _common_run_flags(p: argparse.ArgumentParser, cls: type, presets: dict) -> None:
+    p.add_argument("--output", "-o", default=None,
+                   help="output folder (default: runs/<command>-<dataset>-<time>)")
+    p.add_argument("--preset", default=None,
+                   help=f"preset: {', '.join(presets)} (flags and --config override it)")
+    p.add_argument("--config", default=None, help="YAML file of settings (keys = flag names)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite the run files in a non-empty --output")
+    p.add_argument("--quiet", "-q", action="store_true", help="only warnings and the summary")
+    add_config_flags(p, cls)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="darts-amend",
+        description="Amended-DARTS: architecture search with amended hypergradients, "
+                    "re-training, plots, and patching upstream DARTS checkouts.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    ps = sub.add_parser("search", help="search a cell architecture (default: digits, CPU-sized)",
+                        description="Bi-level DARTS search; alphas follow AmendedArchitect.")
+    _common_run_flags(ps, SearchConfig, SEARCH_PRESETS)
+    pt = sub.add_parser("train", help="re-train a genotype (CIFAR, ImageNet, a folder, ...)",
+                        description="Train the evaluation network of a genotype from scratch.")
+    _common_run_flags(pt, TrainConfig, TRAIN_PRESETS)
+    pp = sub.add_parser("plot", help="re-draw the plots of a run folder")
+    pp.add_argument("run_dir", help="a search or train output folder")
+    from darts_amend.adapters import patch_repo
+
+    patch_repo.add_parser(sub)
+    return parser
+
+
+# --------------------------------------------------------------------------- context
+
+
+class _Progress:
+    """tqdm on the main rank when enabled; a no-op bar otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, **kwargs: Any):
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            return tqdm(leave=False, dynamic_ncols=True, **kwargs)
+        return _NoBar()
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _GracefulInterrupt:
+    """First Ctrl-C: finish the current step, checkpoint, stop. Second: interrupt at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def __enter__(self) -> _GracefulInterrupt:
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self._old = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ndarts-amend: interrupt received, checkpointing after this step "
+              "(Ctrl-C again to abort)", file=sys.stderr)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+@dataclass
+class RunContext:
+    dist: Any
+    device: Any
+    folder: Any
+    info: Any
+    train_set: Any
+    test_set: Any
+    split: Any
+    workers: int
+    checkpoint: dict[str, Any] | None
+    progress: _Progress
+    echo: Any
+    interrupt: _GracefulInterrupt
+    interrupted: tuple[int, int] | None = None
+
+    def stop_requested(self) -> bool:
+        flag = self.interrupt.requested
+        if self.dist.enabled:  # every rank must stop at the same step
+            import torch
+            import torch.distributed as dist
+
+            t = torch.tensor([1.0 if flag else 0.0],
+                             device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(t)
+            flag = bool(t.item() > 0)
+        return flag
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _default_output(command: str, dataset: str) -> Path:
+    return Path("runs") / f"{command}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _validate_search(cfg: SearchConfig, world: int) -> None:
+    _validate_common(cfg, world)
+    if not 0 < cfg.train_portion < 1:
+        raise CLIError(f"invalid --train_portion {cfg.train_portion} (must be in (0, 1))")
+    if cfg.eta < 0:
+        raise CLIError(f"invalid --eta {cfg.eta} (must be >= 0)")
+    if cfg.arch_learning_rate <= 0:
+        raise CLIError(f"invalid --arch_learning_rate {cfg.arch_learning_rate}")
+    if cfg.until_converged < 0 or cfg.diag_every < 0:
+        raise CLIError("--until-converged and --diag_every must be >= 0")
+    if not 0 < cfg.converge_threshold <= 1:
+        raise CLIError(f"invalid --converge_threshold {cfg.converge_threshold}")
+    if cfg.partial_channels < 1 or cfg.init_channels % cfg.partial_channels:
+        raise CLIError(f"--partial_channels {cfg.partial_channels} must divide "
+                       f"--init_channels {cfg.init_channels}")
+    if not 0 <= cfg.drop_path_prob < 1 or not 0 <= cfg.dropout < 1:
+        raise CLIError("--drop_path_prob and --dropout must be in [0, 1)")
+    if cfg.estimator != "amended" and cfg.eta != SearchConfig.eta:
+        raise CLIError(f"--eta applies to --estimator amended only (got --estimator "
+                       f"{cfg.estimator})")
+
+
+def _validate_common(cfg: Any, world: int) -> None:
+    for name in ("epochs", "batch_size", "init_channels", "layers"):
+        v = getattr(cfg, name)
+        if v is not None and v < 1:
+            raise CLIError(f"invalid --{name} {v} (must be >= 1)")
+    if cfg.batch_size is not None and cfg.batch_size % world:
+        raise CLIError(f"--batch_size {cfg.batch_size} (the global batch) must be divisible by "
+                       f"the {world} torchrun processes")
+    if cfg.learning_rate is not None and cfg.learning_rate <= 0:
+        raise CLIError(f"invalid --learning_rate {cfg.learning_rate}")
+    if cfg.steps_per_epoch < 0:
+        raise CLIError(f"invalid --steps_per_epoch {cfg.steps_per_epoch}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise CLIError(f"invalid --threads {cfg.threads}")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise CLIError(f"invalid --workers {cfg.workers}")
+    if cfg.cutout and cfg.cutout_length < 1:
+        raise CLIError(f"invalid --cutout_length {cfg.cutout_length}")
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    import torch
+
+    # our own file, written by this program: it holds RNG states (numpy / python objects)
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _prepare(args: argparse.Namespace, cls: type, presets: dict) -> tuple[Any, Any]:
+    """Config (with resume rules) and folder, validated before anything is written."""
+    from .runtime import RunFolder, setup_distributed
+
+    command = args.command
+    if args.resume and args.force:
+        raise CLIError("--resume and --force exclude each other")
+    if args.resume and args.output is None:
+        raise CLIError("--resume needs --output, the folder of the run to continue")
+    base = None
+    if args.resume:
+        stored = RunFolder(args.output).stored_config()
+        if stored is None:
+            raise CLIError(f"nothing to resume in {args.output}: no config.json there")
+        if stored.get("command") != command:
+            raise CLIError(f"{args.output} holds a {stored.get('command')} run, not a "
+                           f"{command} run")
+        base = stored.get("config", {})
+    cfg, _given = build_config(cls, args, presets, base=base)
+    if command == "train":
+        from .train import resolve_train_defaults
+
+        cfg = resolve_train_defaults(cfg)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if command == "search":
+        _validate_search(cfg, world)
+    else:
+        _validate_common(cfg, world)
+    output = Path(args.output) if args.output else _default_output(command, cfg.dataset)
+    folder = RunFolder(output)
+    if args.resume:
+        folder.check_resumable(command, config_to_dict(cfg))
+    else:
+        folder.check_fresh(command, args.force)
+    return cfg, folder
+
+
+def _data(cfg: Any, command: str, seed: int):
+    from darts_amend.data import DataError, load_dataset, split_indices
+
+    common = dict(root=cfg.data, download=cfg.download, image_size=cfg.image_size,
+                  fake_size=cfg.fake_size, subset=cfg.subset, seed=seed)
+    try:
+        train_set, info = load_dataset(cfg.dataset, train=True, cutout=cfg.cutout_length
+                                       if cfg.cutout else 0, **common)
+        if command == "search":
+            split = split_indices(len(train_set), cfg.train_portion, seed=seed)
+            return train_set, None, info, split
+        common["subset"] = 1.0
+        test_set, _ = load_dataset(cfg.dataset, train=False, **common)
+    except DataError as err:
+        raise CLIError(str(err)) from None
+    return train_set, test_set, info, (list(range(len(train_set))), None)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .runtime import setup_distributed
+
+    command = args.command
+    cls, presets = (SearchConfig, SEARCH_PRESETS) if command == "search" else (TrainConfig,
+                                                                               TRAIN_PRESETS)
+    cfg, folder = _prepare(args, cls, presets)
+    genotype = None
+    if command == "train":
+        from .train import load_genotype
+
+        genotype = load_genotype(cfg.genotype)
+    train_set, test_set, info, split = _data(cfg, command, cfg.seed)
+    d, device = setup_distributed(cfg.device)
+    folder.writer = d.is_main
+    ckpt = None
+    if args.resume:
+        ckpt = _load_checkpoint(folder / "checkpoint.pt")
+        folder.truncate_metrics(ckpt["epoch"])
+    else:
+        folder.start(command, config_to_dict(cfg), force=args.force)
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _execute(args, cfg, folder, genotype, train_set, test_set, info, split, d, device,
+                        ckpt)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _execute(args, cfg, folder, genotype, train_set, test_set, info, split, d, device,
+             ckpt) -> int:
+    command = args.command
+    workers = cfg.workers if cfg.workers is not None else (
+        0 if cfg.dataset in ("digits", "fake") else min(4, _cpus()))
+    echo = (lambda msg: print(msg, flush=True)) if (d.is_main and not args.quiet) else (
+        lambda msg: None)
+    with _GracefulInterrupt() as interrupt:
+        ctx = RunContext(dist=d, device=device, folder=folder, info=info, train_set=train_set,
+                         test_set=test_set, split=split, workers=workers, checkpoint=ckpt,
+                         progress=_Progress(cfg.progress and d.is_main and not args.quiet),
+                         echo=echo, interrupt=interrupt)
+        if d.is_main:
+            echo(f"darts-amend {command}: {cfg.dataset} on {device}"
+                 f"{f' x{d.world_size} processes' if d.enabled else ''} -> {folder.path}")
+        try:
+            if command == "search":
+                from .search import run_search
+
+                summary = run_search(cfg, ctx)
+            else:
+                from .train import run_train
+
+                summary = run_train(cfg, ctx, genotype)
+        except KeyboardInterrupt:
+            if d.is_main:
+                where = (f" at epoch {ctx.interrupted[0] + 1}, step {ctx.interrupted[1]}"
+                         if ctx.interrupted else "")
+                print(f"darts-amend: interrupted{where}; checkpoint in {folder / 'checkpoint.pt'}"
+                      f"\n  continue with: darts-amend {command} --output {folder.path} --resume",
+                      file=sys.stderr)
+            return 130
+    if d.is_main:
+        _finish(command, cfg, folder, summary, args.quiet)
+    if d.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return 0
+
+
+def _cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _finish(command: str, cfg: Any, folder: Any, summary: dict[str, Any], quiet: bool) -> None:
+    from .plots import write_plots
+
+    genotype = summary.pop("_genotype_obj", None)
+    plots: list[Path] = []
+    if getattr(cfg, "plots", True):
+        plots = write_plots(folder.path, genotype, command)
+    out = sys.stdout
+    print("", file=out)
+    if command == "search":
+        print(f"search finished ({summary['stop_reason']}) after {summary['epochs_run']} epochs, "
+              f"{summary['alpha_steps']} alpha steps", file=out)
+        print(str(genotype), file=out)
+        conv = ("yes" if summary["converged"] else "no") + (
+            f" (kept-op weight min {summary['kept_weight_min']:.3f}, threshold "
+            f"{cfg.converge_threshold})" if summary.get("kept_weight_min") is not None else "")
+        print(f"skip-connect share {summary['skip_share']:.2f}; alphas converged: {conv}; "
+              f"valid accuracy {summary['valid_acc']:.4f}", file=out)
+        print(f"genotype: {folder.path / 'genotype.json'}", file=out)
+    else:
+        print(f"train finished after {summary['epochs_run']} epochs: test accuracy "
+              f"{summary['test_acc']:.4f} (top-5 {summary['test_acc_top5']:.4f}), "
+              f"{summary['params']:,} parameters", file=out)
+    print(f"metrics: {folder.path / 'metrics.jsonl'}", file=out)
+    for p in plots:
+        print(f"plot: {p}", file=out)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .plots import write_plots
+
+    run = Path(args.run_dir)
+    if not (run / "metrics.jsonl").is_file():
+        raise CLIError(f"{run} is not a run folder (no metrics.jsonl)")
+    stored = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() \
+        else {}
+    command = stored.get("command", "search")
+    genotype = None
+    if (run / "genotype.json").is_file():
+        from .train import load_genotype
+
+        genotype = load_genotype(str(run / "genotype.json"))
+    for p in write_plots(run, genotype, command):
+        print(f"plot: {p}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``darts-amend`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    quiet = getattr(args, "quiet", False)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                            format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command in ("search", "train"):
+            return _run(args)
+        if args.command == "plot":
+            return _plot(args)
+        return _patch_repo(args)
+    except CLIError as err:
+        print(f"darts-amend: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _patch_repo(args: argparse.Namespace) -> int:
+    from darts_amend.adapters import patch_repo
+
+    return int(patch_repo.run(args))

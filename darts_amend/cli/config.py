@@ -1,0 +1,303 @@
+"""Run configurations: dataclasses with the paper's defaults, presets, YAML files and flags.
+
+Precedence, lowest to highest: dataclass defaults < ``--preset`` < ``--config`` YAML < flags.
+Flag names keep upstream DARTS' spelling where one exists (``--arch_learning_rate``,
+``--init_channels``, ``--layers``, ``--batch_size``, ...). Every field is a flag and a YAML key.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CLIError",
+    "SearchConfig",
+    "TrainConfig",
+    "SEARCH_PRESETS",
+    "TRAIN_PRESETS",
+    "add_config_flags",
+    "build_config",
+    "config_to_dict",
+    "config_from_dict",
+    "RUN_KEYS",
+]
+
+
+class CLIError(Exception):
+    """Bad input to the command line: printed as ``darts-amend: error: ...``, exit code 2."""
+
+
+def _f(default: Any, help: str, *, choices: tuple | None = None, alias: str | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices, "alias": alias})
+
+
+ESTIMATOR_NAMES = ("amended", "first_order", "unrolled", "implicit_cg", "implicit_neumann")
+
+
+@dataclass
+class SearchConfig:
+    """``darts-amend search``: paper defaults (DESIGN.md section 6)."""
+
+    dataset: str = _f("digits", "data set", choices=("digits", "cifar10", "cifar100", "imagenet",
+                                                     "folder", "fake"))
+    data: str | None = _f(None, "data folder (cifar*/imagenet/folder)")
+    download: bool = _f(False, "download CIFAR with torchvision (needs internet)")
+    subset: float = _f(1.0, "class-stratified fraction of the training set to use")
+    image_size: int | None = _f(None, "image size for imagenet/folder/fake")
+    fake_size: int = _f(256, "number of images of the fake data set")
+    train_portion: float = _f(0.5, "fraction of the training set that trains weights; the rest "
+                                   "trains alphas")
+    space: str = _f("darts", "search space", choices=("darts", "s1", "s2"))
+    layers: int | None = _f(None, "cells in the search network (default: 8, or 20 for s2)")
+    init_channels: int = _f(16, "base channel number C")
+    partial_channels: int = _f(1, "PC-DARTS partial-channel factor K (1 = off)")
+    edge_normalization: bool = _f(False, "PC-DARTS edge normalisation (betas)")
+    drop_path_prob: float = _f(0.0, "drop-path probability in the search network")
+    dropout: float = _f(0.0, "dropout before the classifier of the search network")
+    auxiliary: bool = _f(False, "auxiliary tower during search")
+    auxiliary_weight: float = _f(0.4, "weight of the auxiliary loss")
+    cutout: bool = _f(False, "cutout augmentation on the training data")
+    cutout_length: int = _f(16, "cutout square side (pixels)")
+    epochs: int = _f(100, "search epochs (the maximum, with --until-converged)")
+    batch_size: int = _f(96, "global batch size (split over torchrun processes)")
+    learning_rate: float = _f(0.025, "weight learning rate (SGD, cosine schedule)")
+    learning_rate_min: float = _f(0.001, "final weight learning rate")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(3e-4, "weight decay of the weights")
+    grad_clip: float = _f(5.0, "gradient norm clip of the weights (0 = off)")
+    estimator: str = _f("amended", "hypergradient estimator", choices=ESTIMATOR_NAMES)
+    eta: float = _f(0.1, "amending coefficient (estimator amended)", alias="--amend_eta")
+    hvp_mode: str = _f("exact", "Hessian products: exact (double backward) or finite_difference "
+                                "(every estimator but first_order)", choices=("exact", "finite_difference"))
+    fd_r: float = _f(0.01, "finite-difference step scale r (step = r / ||v||)")
+    cg_iterations: int = _f(10, "conjugate-gradient iterations (implicit_cg)")
+    cg_damping: float = _f(0.0, "damping added to H (implicit_cg)")
+    neumann_terms: int = _f(10, "Neumann series terms (implicit_neumann)")
+    neumann_gamma: float = _f(0.01, "Neumann step size gamma (implicit_neumann)")
+    arch_learning_rate: float = _f(3e-4, "alpha learning rate (Adam)")
+    arch_weight_decay: float = _f(1e-3, "alpha weight decay")
+    arch_beta1: float = _f(0.5, "Adam beta1 of the alphas")
+    arch_beta2: float = _f(0.999, "Adam beta2 of the alphas")
+    until_converged: int = _f(0, "stop once every kept op weighs >= --converge_threshold and the "
+                                 "genotype is unchanged for this many epochs (0 = off)",
+                              alias="--until-converged")
+    converge_threshold: float = _f(0.5, "kept-op softmax weight of the convergence rule")
+    diag_every: int = _f(0, "every N epochs also measure the alpha-Hessian eigenvalue and the "
+                            "estimators' alignment with implicit CG (0 = only the cheap "
+                            "skip-share / entropy / kept-weight signals, every epoch)")
+    steps_per_epoch: int = _f(0, "cap on steps per epoch (0 = the whole weight half)")
+    seed: int = _f(2, "random seed")
+    workers: int | None = _f(None, "data-loader workers (default: 0 for digits/fake, else 4)")
+    device: str = _f("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
+    threads: int | None = _f(None, "CPU threads for torch (default: torch's choice; 1 is often "
+                                   "fastest on a busy or small machine)")
+    progress: bool = _f(True, "tqdm progress bars")
+    plots: bool = _f(True, "write PNG plots at the end")
+
+
+@dataclass
+class TrainConfig:
+    """``darts-amend train``: re-training; ``None`` = the data set family's paper default."""
+
+    genotype: str = _f("DARTS_V2", "genotype.json, a search output folder, or a named genotype")
+    dataset: str = _f("cifar10", "data set", choices=("digits", "cifar10", "cifar100", "imagenet",
+                                                      "folder", "fake"))
+    data: str | None = _f(None, "data folder (cifar*/imagenet/folder)")
+    download: bool = _f(False, "download CIFAR with torchvision (needs internet)")
+    subset: float = _f(1.0, "class-stratified fraction of the training set to use")
+    image_size: int | None = _f(None, "image size for imagenet/folder/fake")
+    fake_size: int = _f(256, "number of images of the fake data set")
+    layers: int | None = _f(None, "cells (default: 20 CIFAR, 14 ImageNet, or the genotype's "
+                                  "own count for a per-cell genotype)")
+    init_channels: int | None = _f(None, "base channels C (default: 36 CIFAR, 42 ImageNet)")
+    epochs: int | None = _f(None, "epochs (default: 600 CIFAR, 250 ImageNet)")
+    batch_size: int | None = _f(None, "global batch size (default: 96 CIFAR, 1024 ImageNet)")
+    learning_rate: float | None = _f(None, "initial learning rate (default: 0.025 / 0.5)")
+    learning_rate_min: float = _f(0.0, "final learning rate of the cosine schedule")
+    lr_schedule: str | None = _f(None, "cosine (CIFAR default) or linear (ImageNet default)",
+                                 choices=("cosine", "linear"))
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float | None = _f(None, "weight decay (default: 3e-4 CIFAR, 3e-5 ImageNet)")
+    grad_clip: float = _f(5.0, "gradient norm clip (0 = off)")
+    auxiliary: bool = _f(True, "auxiliary tower")
+    auxiliary_weight: float = _f(0.4, "weight of the auxiliary loss")
+    drop_path_prob: float | None = _f(None, "final drop-path probability, ramped linearly "
+                                            "(default: 0.2 CIFAR, 0 ImageNet)")
+    cutout: bool | None = _f(None, "cutout augmentation (default: on for CIFAR, off ImageNet)")
+    cutout_length: int = _f(16, "cutout square side (pixels)")
+    label_smooth: float | None = _f(None, "label smoothing (default: 0 CIFAR, 0.1 ImageNet)")
+    amp: bool = _f(False, "mixed precision: float16 autocast + grad scaling on CUDA, "
+                          "bfloat16 autocast on CPU")
+    steps_per_epoch: int = _f(0, "cap on steps per epoch (0 = the whole training set)")
+    seed: int = _f(0, "random seed")
+    workers: int | None = _f(None, "data-loader workers (default: 0 for digits/fake, else 4)")
+    device: str = _f("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
+    threads: int | None = _f(None, "CPU threads for torch (default: torch's choice; 1 is often "
+                                   "fastest on a busy or small machine)")
+    progress: bool = _f(True, "tqdm progress bars")
+    plots: bool = _f(True, "write PNG plots at the end")
+
+
+_CIFAR_TRAIN = dict(layers=20, init_channels=36, epochs=600, batch_size=96, learning_rate=0.025,
+                    lr_schedule="cosine", weight_decay=3e-4, drop_path_prob=0.2, cutout=True,
+                    label_smooth=0.0)
+_IMAGENET_TRAIN = dict(layers=14, init_channels=42, epochs=250, batch_size=1024,
+                       learning_rate=0.5, lr_schedule="linear", weight_decay=3e-5,
+                       drop_path_prob=0.0, cutout=False, label_smooth=0.1)
+
+
+def train_family_defaults(dataset: str) -> dict[str, Any]:
+    return dict(_IMAGENET_TRAIN if dataset == "imagenet" else _CIFAR_TRAIN)
+
+
+SEARCH_PRESETS: dict[str, dict[str, Any]] = {
+    # the paper's S1 search (Table 1): fixed-edge cells, 7 ops, shared alphas
+    "paper-s1": dict(dataset="cifar10", space="s1", layers=8, init_channels=16, batch_size=96,
+                     epochs=100, eta=0.1, estimator="amended"),
+    # the paper's S2 search: 20 cells, each with its own alphas, skip vs sep_conv_3x3
+    "paper-s2": dict(dataset="cifar10", space="s2", layers=20, init_channels=16, batch_size=96,
+                     epochs=100, eta=0.1, estimator="amended"),
+    # Sec. 4.1.1 / Fig. 2: the DARTS space searched until convergence (500 epochs)
+    "paper-convergence": dict(dataset="cifar10", space="darts", layers=8, init_channels=16,
+                              batch_size=96, epochs=500, eta=0.1, estimator="amended"),
+    # Sec. 4.1.2: fixed edges, C=36 in search and evaluation, cutout, drop-path, auxiliary tower
+    "consistent": dict(dataset="cifar10", space="s1", layers=8, init_channels=36,
+                       batch_size=96, epochs=100, cutout=True, drop_path_prob=0.2,
+                       auxiliary=True, auxiliary_weight=0.4, eta=0.1, estimator="amended"),
+    # a CPU-sized run on the bundled digits: a few minutes on 2 cores
+    "tiny": dict(dataset="digits", space="s1", layers=3, init_channels=8, batch_size=32,
+                 epochs=12, learning_rate=0.05, arch_learning_rate=3e-3),
+}
+
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "paper-cifar": dict(dataset="cifar10", **_CIFAR_TRAIN),
+    "paper-imagenet": dict(dataset="imagenet", **_IMAGENET_TRAIN),
+    "tiny": dict(dataset="digits", layers=3, init_channels=8, epochs=10, batch_size=64,
+                 learning_rate=0.05, drop_path_prob=0.0, cutout=False, auxiliary=False,
+                 label_smooth=0.0, lr_schedule="cosine", weight_decay=3e-4),
+}
+
+# keys that do not change what a run computes: they may differ when resuming
+RUN_KEYS = frozenset({"data", "download", "workers", "device", "threads", "progress", "plots"})
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def _base_type(annotation: str) -> tuple[str, bool]:
+    parts = [p.strip() for p in str(annotation).split("|")]
+    optional = "None" in parts
+    parts = [p for p in parts if p != "None"]
+    return parts[0], optional
+
+
+_CASTS = {"int": int, "float": float, "str": str}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field, default SUPPRESS so that only flags actually given are seen."""
+    group = parser.add_argument_group(f"{cls.__name__} (defaults in brackets)")
+    for f in dataclasses.fields(cls):
+        base, optional = _base_type(f.type)
+        names = [f"--{f.name}"]
+        alias = f.metadata.get("alias")
+        if alias:
+            names.append(alias)
+        if "_" in f.name and f"--{f.name.replace('_', '-')}" not in names:
+            names.append(f"--{f.name.replace('_', '-')}")
+        default_txt = "dataset default" if f.default is None else f.default
+        help_txt = f"{f.metadata.get('help', '')} [{default_txt}]"
+        if base == "bool":
+            group.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_txt)
+        else:
+            group.add_argument(*names, dest=f.name, type=_CASTS[base],
+                               choices=f.metadata.get("choices"), default=argparse.SUPPRESS,
+                               help=help_txt, metavar=base.upper())
+
+
+def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    key = key.replace("-", "_")
+    if key not in fields:
+        raise CLIError(f"{source}: unknown setting {key!r} (valid: {', '.join(sorted(fields))})")
+    f = fields[key]
+    base, optional = _base_type(f.type)
+    if value is None:
+        if optional:
+            return key, None
+        raise CLIError(f"{source}: {key} may not be null")
+    try:
+        if base == "bool":
+            if not isinstance(value, bool):
+                raise TypeError
+            out: Any = value
+        elif base == "float":
+            if isinstance(value, bool):
+                raise TypeError
+            out = float(value)
+        elif base == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            out = int(value)
+        else:
+            out = str(value)
+    except (TypeError, ValueError):
+        raise CLIError(f"{source}: {key} must be {base}, got {value!r}") from None
+    choices = f.metadata.get("choices")
+    if choices and out not in choices:
+        raise CLIError(f"{source}: invalid {key} {out!r}; choose one of {', '.join(choices)}")
+    return key, out
+
+
+def _load_yaml(path: str, cls: type) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise CLIError(f"config file {p} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise CLIError(f"config file {p} must hold a mapping of settings, got {type(data).__name__}")
+    return dict(_coerce(cls, k, v, f"config file {p}") for k, v in data.items())
+
+
+def build_config(cls: type, args: argparse.Namespace, presets: dict[str, dict[str, Any]],
+                 base: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Defaults (or ``base``, a stored config) < preset < YAML < flags.
+
+    Returns the config and the dict of settings given explicitly (preset, YAML or flags).
+    """
+    given: dict[str, Any] = {}
+    preset = getattr(args, "preset", None)
+    if preset is not None:
+        if preset not in presets:
+            raise CLIError(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
+        given.update(presets[preset])
+    if getattr(args, "config", None):
+        given.update(_load_yaml(args.config, cls))
+    names = {f.name for f in dataclasses.fields(cls)}
+    given.update({k: v for k, v in vars(args).items() if k in names})
+    values = dict(base) if base is not None else {}
+    values.update(given)
+    return config_from_dict(cls, values, "settings"), given
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
+    kwargs = dict(_coerce(cls, k, v, source) for k, v in data.items())
+    return cls(**kwargs)
+
+
+def dumps(cfg: Any) -> str:
+    return json.dumps(config_to_dict(cfg), indent=2, sort_keys=True)

@@ -1,0 +1,280 @@
+"""What every run needs: device and torchrun setup, the output folder, atomic checkpoints,
+RNG state capture, metrics lines and data loaders that can restart mid-epoch."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from .config import RUN_KEYS, CLIError
+
+__all__ = [
+    "Dist",
+    "setup_distributed",
+    "pick_device",
+    "RunFolder",
+    "atomic_save",
+    "rng_state",
+    "set_rng_state",
+    "seed_everything",
+    "epoch_loader",
+    "all_reduce_sums",
+]
+
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "genotype.json", "summary.json")
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_flag: str) -> tuple[Dist, torch.device]:
+    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), pick_device(device_flag, 0)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_flag, local)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    return Dist(rank, world, local), device
+
+
+def pick_device(flag: str, local_rank: int = 0) -> torch.device:
+    if flag == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        return torch.device("cpu")
+    try:
+        device = torch.device(flag)
+    except RuntimeError:
+        raise CLIError(f"invalid device {flag!r} (e.g. auto, cpu, cuda, cuda:1)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"device {flag!r} requested but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def all_reduce_sums(values: list[float], d: Dist, device: torch.device) -> list[float]:
+    """Sum per-rank accumulators over all ranks (float64)."""
+    if not d.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64,
+                     device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# --------------------------------------------------------------------------- folder
+
+
+class RunFolder:
+    """The output folder of one run; only rank 0 writes."""
+
+    def __init__(self, path: str | Path, writer: bool = True) -> None:
+        self.path = Path(path)
+        self.writer = writer
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def stored_config(self) -> dict[str, Any] | None:
+        p = self.path / "config.json"
+        if not p.is_file():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError as err:
+            raise CLIError(f"{p} is not valid JSON ({err}); pass --force to start over") from None
+
+    def check_fresh(self, command: str, force: bool) -> None:
+        """Refuse a folder that holds anything unless ``force`` (never called with --resume)."""
+        if not self.path.exists():
+            return
+        if not self.path.is_dir():
+            raise CLIError(f"output {self.path} exists and is not a folder")
+        entries = [p.name for p in self.path.iterdir()]
+        if not entries or force:
+            return
+        stored = self.stored_config()
+        if stored is not None:
+            raise CLIError(
+                f"output folder {self.path} already holds a {stored.get('command', '?')} run; "
+                f"pass --resume to continue it or --force to overwrite it, or choose another "
+                f"--output")
+        raise CLIError(f"output folder {self.path} is not empty ({', '.join(sorted(entries)[:5])}"
+                       f"); choose another --output or pass --force")
+
+    def check_resumable(self, command: str, config: dict[str, Any]) -> dict[str, Any]:
+        stored = self.stored_config()
+        if stored is None or not (self.path / "checkpoint.pt").is_file():
+            raise CLIError(f"nothing to resume in {self.path}: it has no config.json and "
+                           f"checkpoint.pt of an earlier run")
+        if stored.get("command") != command:
+            raise CLIError(f"{self.path} holds a {stored.get('command')} run, not a {command} run")
+        old = stored.get("config", {})
+        diff = sorted(k for k in set(old) | set(config)
+                      if k not in RUN_KEYS and old.get(k) != config.get(k))
+        if diff:
+            details = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff)
+            raise CLIError(f"cannot resume {self.path} with a different configuration ({details})"
+                           f"; drop those flags, or start a new run with --output / --force")
+        return stored
+
+    def start(self, command: str, config: dict[str, Any], *, force: bool) -> None:
+        if not self.writer:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        if force:
+            for name in RUN_FILES:
+                (self.path / name).unlink(missing_ok=True)
+            for png in self.path.glob("*.png"):
+                png.unlink()
+            for sub in ("plots",):
+                shutil.rmtree(self.path / sub, ignore_errors=True)
+        write_json_atomic(self.path / "config.json", {"command": command, "config": config})
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        if self.writer:
+            with open(self.path / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(record, default=_json_default) + "\n")
+
+    def truncate_metrics(self, epochs_done: int) -> None:
+        """Drop lines of epochs the checkpoint does not cover (a crash between the two writes)."""
+        p = self.path / "metrics.jsonl"
+        if not self.writer or not p.is_file():
+            return
+        lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) < epochs_done]
+        p.write_text("".join(ln + "\n" for ln in kept))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        p = self.path / "metrics.jsonl"
+        if not p.is_file():
+            return []
+        return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if hasattr(obj, "to_json"):
+        return json.loads(obj.to_json()) if isinstance(obj.to_json(), str) else obj.to_json()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n"
+    _atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    _atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- RNG
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# --------------------------------------------------------------------------- data
+
+
+def epoch_loader(
+    dataset: Dataset, indices: list[int], *, batch_size: int, epoch: int, seed: int, d: Dist,
+    workers: int, start_batch: int = 0, shuffle: bool = True, drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """This rank's batches of ``dataset[indices]`` for one epoch, from batch ``start_batch``.
+
+    The order is a permutation fixed by ``(seed, epoch)`` and sharded over ranks with
+    ``DistributedSampler``, so a run restarted mid-epoch sees exactly the remaining batches.
+    """
+    subset = Subset(dataset, indices)
+    sampler = DistributedSampler(subset, num_replicas=d.world_size, rank=d.rank,
+                                 shuffle=shuffle, seed=seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    order = list(sampler)
+    if drop_last:
+        order = order[: len(order) // batch_size * batch_size]
+    order = order[start_batch * batch_size:]
+    # a private generator: creating the iterator draws its worker base seed from it, never from
+    # the global RNG (which a resumed run has already restored past that point)
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + start_batch) % 2**63)
+    return DataLoader(Subset(subset, order), batch_size=batch_size, shuffle=False,
+                      num_workers=workers, drop_last=False, pin_memory=pin_memory,
+                      persistent_workers=False, generator=gen)
+
+
+def batches_per_epoch(n: int, batch_size: int, d: Dist, drop_last: bool = False) -> int:
+    per_rank = -(-n // d.world_size)
+    return per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+
+
+def cycle(loader_fn) -> Iterator:
+    while True:
+        yield from loader_fn()

@@ -1,0 +1,313 @@
+"""``darts-amend search``: the bi-level DARTS search with an :class:`AmendedArchitect`.
+
+Per step (upstream order): one architect step on (weight batch, alpha batch), then one SGD step of
+the weights on the weight batch. Per epoch: evaluation on the alpha half, one metrics line,
+an atomic checkpoint. The run is resumable mid-epoch (Ctrl-C) and bit-exact on CPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import SearchConfig
+from .runtime import (
+    Dist,
+    RunFolder,
+    all_reduce_sums,
+    atomic_save,
+    epoch_loader,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    write_json_atomic,
+)
+
+__all__ = ["run_search", "estimator_options"]
+
+logger = logging.getLogger(__name__)
+
+
+def _on_step(epoch: int, step: int) -> None:
+    """Called after every search step; tests replace it to simulate Ctrl-C at a given step."""
+
+
+def estimator_options(cfg: SearchConfig) -> dict[str, Any]:
+    """The keyword arguments of :class:`AmendedArchitect` that the chosen estimator reads."""
+    if cfg.estimator == "first_order":
+        return {}
+    opts: dict[str, Any] = {"mode": cfg.hvp_mode, "r": cfg.fd_r}
+    if cfg.estimator == "amended":
+        opts["eta"] = cfg.eta
+    elif cfg.estimator == "implicit_cg":
+        opts.update(iterations=cfg.cg_iterations, damping=cfg.cg_damping)
+    elif cfg.estimator == "implicit_neumann":
+        opts.update(terms=cfg.neumann_terms, gamma=cfg.neumann_gamma)
+    return opts
+
+
+def _weight_loss(net: nn.Module, out: Tensor | tuple[Tensor, Tensor], y: Tensor) -> tuple[Tensor, Tensor]:
+    """(loss, logits) of a forward output; the auxiliary tower adds its weighted loss."""
+    if isinstance(out, tuple):
+        logits, aux = out
+        return (F.cross_entropy(logits, y) + net.auxiliary_weight * F.cross_entropy(aux, y),
+                logits)
+    return F.cross_entropy(out, y), out
+
+
+@dataclass
+class _Accum:
+    """Per-epoch sums on this rank (reduced over ranks when the epoch ends)."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    count: float = 0.0
+    step_time: float = 0.0
+    steps: float = 0.0
+    arch: dict[str, float] = field(default_factory=lambda: {
+        "val_loss": 0.0, "g1_norm": 0.0, "g2_norm": 0.0, "grad_norm": 0.0,
+        "cosine": 0.0, "cosine_n": 0.0, "nonfinite": 0.0})
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, loader, device: torch.device, d: Dist) -> tuple[float, float]:
+    """(mean loss, accuracy) in eval mode over this rank's loader, reduced over ranks."""
+    was_training = net.training
+    net.eval()
+    loss_sum = correct = count = 0.0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        out = net(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += float((logits.argmax(1) == y).sum())
+        count += len(y)
+    net.train(was_training)
+    loss_sum, correct, count = all_reduce_sums([loss_sum, correct, count], d, device)
+    return loss_sum / max(count, 1.0), correct / max(count, 1.0)
+
+
+def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
+    """Run (or continue) a search; ``ctx`` carries data, folder, device and resume state.
+
+    Returns the summary (also written to ``summary.json``)."""
+    from darts_amend import AmendedArchitect
+    from darts_amend.diagnostics import collapse_signals, epoch_diagnostics
+    from darts_amend.supernet import build_search_network
+
+    d: Dist = ctx.dist
+    device: torch.device = ctx.device
+    folder: RunFolder = ctx.folder
+    seed_everything(cfg.seed)
+    net = build_search_network(
+        cfg.space, C=cfg.init_channels, num_classes=ctx.info.num_classes, layers=cfg.layers,
+        in_channels=ctx.info.in_channels, partial_channels=cfg.partial_channels,
+        edge_normalization=cfg.edge_normalization, drop_path_prob=cfg.drop_path_prob,
+        dropout=cfg.dropout, auxiliary=cfg.auxiliary, auxiliary_weight=cfg.auxiliary_weight,
+    ).to(device)
+    if d.enabled:  # identical alphas and weights on every rank from the start
+        for t in list(net.parameters()) + list(net.buffers()):
+            dist.broadcast(t.data, src=0)
+    weights = net.weight_parameters()
+    optimizer = torch.optim.SGD(weights, lr=cfg.learning_rate, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=cfg.epochs, eta_min=cfg.learning_rate_min)
+    architect = AmendedArchitect(
+        net, estimator=cfg.estimator, lr=cfg.arch_learning_rate,
+        betas=(cfg.arch_beta1, cfg.arch_beta2), weight_decay=cfg.arch_weight_decay,
+        **estimator_options(cfg))
+    model: nn.Module = net
+    if d.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        arch_ids = {id(p) for p in net.arch_parameters()}
+        DDP._set_params_and_buffers_to_ignore_for_model(
+            net, [n for n, p in net.named_parameters() if id(p) in arch_ids])
+        model = DDP(net, device_ids=[device] if device.type == "cuda" else None)
+
+    start_epoch, start_step, acc = 0, 0, _Accum()
+    alpha_steps, converged_run = 0, 0
+    history: list[dict[str, Any]] = []
+    if ctx.checkpoint is not None:
+        ck = ctx.checkpoint
+        net.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        architect.load_state_dict(ck["architect"])
+        start_epoch, start_step = ck["epoch"], ck["step"]
+        acc = _Accum(**ck["accum"])
+        alpha_steps, converged_run = ck["alpha_steps"], ck["converged_run"]
+        history = folder.read_metrics()[:start_epoch]
+        set_rng_state(ck["rng"])
+        logger.info("resumed at epoch %d step %d", start_epoch, start_step)
+
+    local_bs = cfg.batch_size // d.world_size
+    train_idx, valid_idx = ctx.split
+    stop_reason = "epochs"
+    epoch = start_epoch
+    last: dict[str, Any] = {}
+
+    def checkpoint(epoch_: int, step_: int, accum: _Accum) -> None:
+        if not d.is_main:
+            return
+        atomic_save({
+            "epoch": epoch_, "step": step_, "accum": dataclasses.asdict(accum), "alpha_steps": alpha_steps,
+            "converged_run": converged_run, "model": net.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "architect": architect.state_dict(), "rng": rng_state(),
+        }, folder / "checkpoint.pt")
+
+    while epoch < cfg.epochs:
+        t0 = time.perf_counter()
+        net.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
+        lr = optimizer.param_groups[0]["lr"]
+        mk = dict(batch_size=local_bs, epoch=epoch, d=d, workers=ctx.workers,
+                  start_batch=start_step, pin_memory=device.type == "cuda")
+        train_loader = epoch_loader(ctx.train_set, train_idx, seed=cfg.seed, **mk)
+        valid_loader = epoch_loader(ctx.train_set, valid_idx, seed=cfg.seed + 7919, **mk)
+        n_steps = min(len(train_idx), len(valid_idx)) // d.world_size
+        n_steps = -(-n_steps // local_bs)
+        if cfg.steps_per_epoch:
+            n_steps = min(n_steps, cfg.steps_per_epoch)
+        bar = ctx.progress(total=n_steps, initial=start_step,
+                           desc=f"search {epoch + 1}/{cfg.epochs}")
+        step = start_step
+        model.train()
+        last_batches = None
+        pairs = itertools.islice(zip(train_loader, valid_loader), max(n_steps - start_step, 0))
+        for (x, y), (xv, yv) in pairs:
+            ts = time.perf_counter()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            xv, yv = xv.to(device, non_blocking=True), yv.to(device, non_blocking=True)
+            per_step: dict[str, Any] = {}
+            if cfg.estimator == "unrolled":
+                per_step = {"xi": lr, "momentum": cfg.momentum,
+                            "weight_decay": cfg.weight_decay,
+                            "momentum_buffers": [optimizer.state.get(p, {}).get(
+                                "momentum_buffer") for p in weights]}
+                if all(b is None for b in per_step["momentum_buffers"]):
+                    per_step["momentum_buffers"] = None
+            architect.zero_grad(set_to_none=True)
+            info = architect.step((x, y), (xv, yv), **per_step)
+            alpha_steps += 1
+            optimizer.zero_grad(set_to_none=True)
+            loss, logits = _weight_loss(net, model(x), y)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
+            optimizer.step()
+            architect.zero_grad(set_to_none=True)
+            # accumulators
+            acc.loss += float(loss.detach()) * len(y)
+            acc.correct += float((logits.detach().argmax(1) == y).sum())
+            acc.count += len(y)
+            acc.steps += 1
+            acc.step_time += time.perf_counter() - ts
+            a = acc.arch
+            if info.finite:
+                a["val_loss"] += info.val_loss
+                a["g1_norm"] += info.g1_norm
+                a["g2_norm"] += info.g2_norm
+                a["grad_norm"] += info.grad_norm
+                if math.isfinite(info.cosine):
+                    a["cosine"] += info.cosine
+                    a["cosine_n"] += 1
+            else:
+                a["nonfinite"] += 1
+            step += 1
+            last_batches = ((x, y), (xv, yv))
+            bar.update(1)
+            bar.set_postfix(loss=f"{acc.loss / acc.count:.3f}",
+                            acc=f"{acc.correct / acc.count:.3f}",
+                            s_per_step=f"{acc.step_time / acc.steps:.2f}")
+            _on_step(epoch, step)
+            if ctx.stop_requested():
+                bar.close()
+                checkpoint(epoch, step, acc)
+                ctx.interrupted = (epoch, step)
+                raise KeyboardInterrupt
+        bar.close()
+        # ---- end of epoch: reduce, evaluate, diagnose, record, checkpoint
+        sums = all_reduce_sums(
+            [acc.loss, acc.correct, acc.count, acc.steps, acc.step_time]
+            + [acc.arch[k] for k in sorted(acc.arch)], d, device)
+        loss_sum, correct, count, steps, step_time = sums[:5]
+        arch = dict(zip(sorted(acc.arch), sums[5:]))
+        n_finite = max(steps - arch["nonfinite"], 1.0)
+        valid_eval = epoch_loader(ctx.train_set, valid_idx, batch_size=local_bs, epoch=0,
+                                  seed=cfg.seed, d=d, workers=ctx.workers, shuffle=False)
+        valid_loss, valid_acc = evaluate(net, valid_eval, device, d)
+        signals = collapse_signals(net, threshold=cfg.converge_threshold)
+        genotype = net.genotype()
+        prev = history[-1]["genotype"] if history else None
+        held = bool(signals["collapse/kept_above"]) and prev == genotype.to_dict()
+        converged_run = converged_run + 1 if held else 0
+        record: dict[str, Any] = {
+            "epoch": epoch, "lr": lr, "alpha_steps": alpha_steps,
+            "train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
+            "valid_loss": valid_loss, "valid_acc": valid_acc,
+            "arch/val_loss": arch["val_loss"] / n_finite,
+            "arch/g1_norm": arch["g1_norm"] / n_finite,
+            "arch/g2_norm": arch["g2_norm"] / n_finite,
+            "arch/grad_norm": arch["grad_norm"] / n_finite,
+            "arch/cosine": (arch["cosine"] / arch["cosine_n"]) if arch["cosine_n"] else None,
+            "arch/nonfinite_steps": int(arch["nonfinite"]),
+            "drop_path_prob": net.drop_path_prob,
+            "alphas": {k: w.tolist() for k, w in net.edge_weights().items()},
+            "genotype": genotype.to_dict(),
+            "converged_epochs": converged_run,
+        }
+        if d.is_main and cfg.diag_every > 0 and epoch % cfg.diag_every == 0 and last_batches:
+            diag = epoch_diagnostics(
+                net, last_batches[0], last_batches[1], epoch=epoch, history=history,
+                every=1, curvature=("alphas",),
+                estimators={"first_order": {}, "amended": {"eta": cfg.eta}},
+                reference="implicit_cg", converge_threshold=cfg.converge_threshold)
+            record.update(diag)
+        else:
+            record.update(signals)
+        record["step_seconds"] = step_time / max(steps, 1)
+        record["epoch_seconds"] = time.perf_counter() - t0
+        history.append(record)
+        last = record
+        epoch += 1
+        start_step, acc = 0, _Accum()
+        scheduler.step()
+        folder.append_metrics(record)
+        checkpoint(epoch, 0, acc)
+        if d.is_main:
+            ctx.echo(f"epoch {epoch}/{cfg.epochs}: train acc {record['train_acc']:.3f} "
+                     f"valid acc {valid_acc:.3f} skip share "
+                     f"{record['collapse/skip_share']:.2f} kept weight min "
+                     f"{record['collapse/kept_weight_min']:.3f} "
+                     f"({record['epoch_seconds']:.1f} s)")
+        if cfg.until_converged and converged_run >= cfg.until_converged:
+            stop_reason = "converged"
+            break
+
+    genotype = net.genotype()
+    summary = {
+        "command": "search", "epochs_run": epoch, "alpha_steps": alpha_steps,
+        "stop_reason": stop_reason, "converged": converged_run > 0,
+        "converged_epochs": converged_run,
+        "valid_acc": last.get("valid_acc", history[-1]["valid_acc"] if history else None),
+        "skip_share": genotype.skip_share(),
+        "kept_weight_min": last.get("collapse/kept_weight_min"),
+        "genotype": genotype.to_dict(),
+    }
+    if d.is_main:
+        write_json_atomic(folder / "genotype.json", genotype.to_dict())
+        write_json_atomic(folder / "summary.json", summary)
+    summary["_genotype_obj"] = genotype
+    return summary

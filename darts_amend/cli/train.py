@@ -1,0 +1,246 @@
+"""``darts-amend train``: re-train a genotype's evaluation network (CIFAR or ImageNet recipe)."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import CLIError, TrainConfig, train_family_defaults
+from .runtime import (
+    Dist,
+    RunFolder,
+    all_reduce_sums,
+    atomic_save,
+    epoch_loader,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    write_json_atomic,
+)
+
+__all__ = ["run_train", "load_genotype", "resolve_train_defaults"]
+
+logger = logging.getLogger(__name__)
+
+
+def _on_step(epoch: int, step: int) -> None:
+    """Called after every training step (a hook for tests)."""
+
+
+def resolve_train_defaults(cfg: TrainConfig) -> TrainConfig:
+    """Fill the ``None`` settings with the data set family's paper recipe (layers stays None
+    when the genotype decides it)."""
+    family = train_family_defaults(cfg.dataset)
+    updates = {k: v for k, v in family.items()
+               if getattr(cfg, k) is None and k != "layers"}
+    return dataclasses.replace(cfg, **updates)
+
+
+def load_genotype(spec: str):
+    """A named genotype (``DARTS_V2``), a genotype file (our JSON or upstream's
+    ``Genotype(normal=...)`` text) or a search output folder holding ``genotype.json``."""
+    from darts_amend.supernet import GENOTYPES, Genotype
+
+    if spec in GENOTYPES:
+        return GENOTYPES[spec]
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "genotype.json"
+        if not path.is_file():
+            raise CLIError(f"{spec} is a folder without genotype.json (is the search finished?)")
+    if not path.is_file():
+        raise CLIError(f"genotype {spec!r} is neither a file, a search folder, nor a named "
+                       f"genotype ({', '.join(GENOTYPES)})")
+    try:
+        return Genotype.parse(path.read_text())
+    except (ValueError, TypeError, UnicodeDecodeError) as err:
+        raise CLIError(f"genotype file {path} does not parse: {err}") from None
+
+
+def _accuracy(logits: Tensor, y: Tensor, k: int) -> float:
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    return float((top == y[:, None]).any(dim=1).sum())
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, loader, device: torch.device, d: Dist,
+             autocast) -> tuple[float, float, float]:
+    """(mean loss, top-1, top-5 accuracy) over the test set, reduced over ranks."""
+    was = net.training
+    net.eval()
+    s = [0.0, 0.0, 0.0, 0.0]
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with autocast():
+            out = net(x)
+        logits = (out[0] if isinstance(out, tuple) else out).float()
+        s[0] += float(F.cross_entropy(logits, y, reduction="sum"))
+        s[1] += float((logits.argmax(1) == y).sum())
+        s[2] += _accuracy(logits, y, 5)
+        s[3] += len(y)
+    net.train(was)
+    loss, c1, c5, n = all_reduce_sums(s, d, device)
+    n = max(n, 1.0)
+    return loss / n, c1 / n, c5 / n
+
+
+@dataclass
+class _Accum:
+    loss: float = 0.0
+    correct: float = 0.0
+    count: float = 0.0
+    steps: float = 0.0
+    step_time: float = 0.0
+
+
+def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
+    from darts_amend.supernet import NetworkCIFAR, NetworkImageNet, count_parameters
+
+    d: Dist = ctx.dist
+    device: torch.device = ctx.device
+    folder: RunFolder = ctx.folder
+    layers = cfg.layers
+    if genotype.num_cells is not None:
+        if layers is not None and layers != genotype.num_cells:
+            raise CLIError(f"the genotype fixes {genotype.num_cells} cells, but --layers {layers}")
+        layers = genotype.num_cells
+    if layers is None:
+        layers = train_family_defaults(cfg.dataset)["layers"]
+    seed_everything(cfg.seed)
+    cls = NetworkImageNet if cfg.dataset == "imagenet" else NetworkCIFAR
+    net = cls(cfg.init_channels, ctx.info.num_classes, layers, cfg.auxiliary, genotype,
+              in_channels=ctx.info.in_channels).to(device)
+    if d.enabled:
+        for t in list(net.parameters()) + list(net.buffers()):
+            dist.broadcast(t.data, src=0)
+    params = count_parameters(net)
+    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    if cfg.lr_schedule == "cosine":
+        scheduler: Any = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=cfg.epochs, eta_min=cfg.learning_rate_min)
+    else:  # linear decay to 0 over the run (the ImageNet recipe)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: max(0.0, 1.0 - e / cfg.epochs))
+    use_cuda_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_amp)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=cfg.amp)
+
+    model: nn.Module = net
+    if d.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(net, device_ids=[device] if device.type == "cuda" else None)
+
+    start_epoch, start_step, acc = 0, 0, _Accum()
+    if ctx.checkpoint is not None:
+        ck = ctx.checkpoint
+        net.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        start_epoch, start_step, acc = ck["epoch"], ck["step"], _Accum(**ck["accum"])
+        set_rng_state(ck["rng"])
+
+    def checkpoint(epoch_: int, step_: int, accum: _Accum) -> None:
+        if d.is_main:
+            atomic_save({"epoch": epoch_, "step": step_, "accum": dataclasses.asdict(accum),
+                         "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                         "rng": rng_state()}, folder / "checkpoint.pt")
+
+    local_bs = cfg.batch_size // d.world_size
+    train_idx = list(range(len(ctx.train_set)))
+    test_idx = list(range(len(ctx.test_set)))
+    last: dict[str, Any] = {}
+    epoch = start_epoch
+    while epoch < cfg.epochs:
+        t0 = time.perf_counter()
+        net.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
+        lr = optimizer.param_groups[0]["lr"]
+        loader = epoch_loader(ctx.train_set, train_idx, batch_size=local_bs, epoch=epoch,
+                              seed=cfg.seed, d=d, workers=ctx.workers, start_batch=start_step,
+                              pin_memory=device.type == "cuda")
+        n_steps = -(-(-(-len(train_idx) // d.world_size)) // local_bs)
+        if cfg.steps_per_epoch:
+            n_steps = min(n_steps, cfg.steps_per_epoch)
+        bar = ctx.progress(total=n_steps, initial=start_step,
+                           desc=f"train {epoch + 1}/{cfg.epochs}")
+        model.train()
+        step = start_step
+        for x, y in itertools.islice(loader, max(n_steps - start_step, 0)):
+            ts = time.perf_counter()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                out = model(x)
+                logits, aux = (out if isinstance(out, tuple) else (out, None))
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smooth)
+                if aux is not None:
+                    loss = loss + cfg.auxiliary_weight * F.cross_entropy(
+                        aux.float(), y, label_smoothing=cfg.label_smooth)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            acc.loss += float(loss.detach()) * len(y)
+            acc.correct += float((logits.detach().argmax(1) == y).sum())
+            acc.count += len(y)
+            acc.steps += 1
+            acc.step_time += time.perf_counter() - ts
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{acc.loss / acc.count:.3f}",
+                            acc=f"{acc.correct / acc.count:.3f}",
+                            s_per_step=f"{acc.step_time / acc.steps:.2f}")
+            _on_step(epoch, step)
+            if ctx.stop_requested():
+                bar.close()
+                checkpoint(epoch, step, acc)
+                ctx.interrupted = (epoch, step)
+                raise KeyboardInterrupt
+        bar.close()
+        loss_sum, correct, count, steps, step_time = all_reduce_sums(
+            [acc.loss, acc.correct, acc.count, acc.steps, acc.step_time], d, device)
+        test_loader = epoch_loader(ctx.test_set, test_idx, batch_size=local_bs, epoch=0,
+                                   seed=cfg.seed, d=d, workers=ctx.workers, shuffle=False)
+        test_loss, top1, top5 = evaluate(net, test_loader, device, d, autocast)
+        record = {"epoch": epoch, "lr": lr, "drop_path_prob": net.drop_path_prob,
+                  "train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
+                  "test_loss": test_loss, "test_acc": top1, "test_acc_top5": top5,
+                  "step_seconds": step_time / max(steps, 1),
+                  "epoch_seconds": time.perf_counter() - t0}
+        last = record
+        epoch += 1
+        start_step, acc = 0, _Accum()
+        scheduler.step()
+        folder.append_metrics(record)
+        checkpoint(epoch, 0, acc)
+        ctx.echo(f"epoch {epoch}/{cfg.epochs}: train acc {record['train_acc']:.3f} "
+                 f"test acc {top1:.4f} ({record['epoch_seconds']:.1f} s)")
+    if not last:  # resumed a finished run: report its last line
+        rows = folder.read_metrics()
+        last = rows[-1] if rows else {"test_acc": float("nan"), "test_acc_top5": float("nan")}
+    summary = {"command": "train", "epochs_run": epoch, "layers": layers, "params": params,
+               "test_acc": last["test_acc"], "test_acc_top5": last["test_acc_top5"],
+               "genotype": genotype.to_dict()}
+    if d.is_main:
+        write_json_atomic(folder / "summary.json", summary)
+        write_json_atomic(folder / "genotype.json", genotype.to_dict())
+    summary["_genotype_obj"] = genotype
+    return summary

@@ -1,0 +1,292 @@
+"""`darts-amend` in-process through main(argv): files written, exact resume, train, bad input.
+
+Everything is tiny (C=4, 2-3 cells, 8x8 images, 2 steps per epoch, one thread); one search run
+is shared by the tests that only read its folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from darts_amend.cli import main
+from darts_amend.cli import search as search_mod
+from darts_amend.cli import train as train_mod
+
+TINY = ["--dataset", "fake", "--fake_size", "16", "--image_size", "8", "--space", "s1",
+        "--layers", "2", "--init_channels", "4", "--batch_size", "4", "--steps_per_epoch", "2",
+        "--threads", "1", "--no-progress", "--no-plots", "-q"]
+TIMING = {"epoch_seconds", "step_seconds", "diag/seconds"}
+
+
+def _search(out, *extra: str) -> int:
+    return main(["search", *TINY, "--epochs", "2", "--output", str(out), *extra])
+
+
+def _ckpt(path):
+    return torch.load(path / "checkpoint.pt", map_location="cpu", weights_only=False)
+
+
+def _lines(path):
+    return [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "search"
+    assert _search(out) == 0
+    return out
+
+
+def test_search_writes_run_files(search_run):
+    from darts_amend.supernet import Genotype, build_search_network
+
+    names = {p.name for p in search_run.iterdir()}
+    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "genotype.json",
+            "summary.json"} <= names
+    config = json.loads((search_run / "config.json").read_text())
+    assert config["command"] == "search" and config["config"]["init_channels"] == 4
+    assert config["config"]["arch_learning_rate"] == 3e-4  # the paper's default survived
+    rows = _lines(search_run)
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert [r["alpha_steps"] for r in rows] == [2, 4]
+    for key in ("train_loss", "valid_acc", "lr", "alphas", "genotype", "arch/g1_norm",
+                "arch/g2_norm", "arch/cosine", "collapse/skip_share", "collapse/entropy_mean",
+                "collapse/kept_weight_min", "epoch_seconds"):
+        assert key in rows[-1], key
+    assert rows[-1]["arch/g2_norm"] > 0  # amended: the second term is really there
+    assert rows[0]["lr"] == pytest.approx(0.025) and rows[1]["lr"] < rows[0]["lr"]  # cosine
+    # ground truth: the checkpoint's alphas give the genotype and softmax that were recorded
+    ck = _ckpt(search_run)
+    assert ck["epoch"] == 2 and ck["step"] == 0
+    net = build_search_network("s1", C=4, num_classes=10, layers=2, in_channels=3)
+    net.load_state_dict(ck["model"])
+    genotype = Genotype.from_json((search_run / "genotype.json").read_text())
+    assert genotype == net.genotype()
+    assert rows[-1]["genotype"] == genotype.to_dict()
+    for kind, w in net.edge_weights().items():
+        assert torch.equal(torch.tensor(rows[-1]["alphas"][kind], dtype=w.dtype), w)
+    assert rows[-1]["collapse/skip_share"] == pytest.approx(genotype.skip_share())
+    summary = json.loads((search_run / "summary.json").read_text())
+    assert summary["alpha_steps"] == 4 and summary["stop_reason"] == "epochs"
+
+
+def test_resume_after_ctrl_c_equals_uninterrupted(search_run, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "resumed"
+
+    def ctrl_c(epoch, step):
+        if (epoch, step) == (0, 1):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(search_mod, "_on_step", ctrl_c)
+    assert _search(out) == 130
+    assert "--resume" in capsys.readouterr().err
+    mid = _ckpt(out)
+    assert (mid["epoch"], mid["step"]) == (0, 1)
+    assert not (out / "metrics.jsonl").exists()
+    monkeypatch.setattr(search_mod, "_on_step", lambda e, s: None)
+    assert main(["search", "--output", str(out), "--resume", "-q", "--no-progress"]) == 0
+    full, resumed = _ckpt(search_run), _ckpt(out)
+    for key, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    for a, b in zip(full["architect"]["alphas"], resumed["architect"]["alphas"]):
+        assert torch.equal(a, b)
+    assert (out / "genotype.json").read_text() == (search_run / "genotype.json").read_text()
+    strip = [{k: v for k, v in r.items() if k not in TIMING} for r in _lines(search_run)]
+    assert strip == [{k: v for k, v in r.items() if k not in TIMING} for r in _lines(out)]
+
+
+def test_search_digits_prints_genotype_and_plots(tmp_path, capsys):
+    out = tmp_path / "digits"
+    rc = main(["search", "--dataset", "digits", "--subset", "0.05", "--space", "s1", "--layers",
+               "2", "--init_channels", "4", "--batch_size", "8", "--steps_per_epoch", "2",
+               "--epochs", "1", "--threads", "1", "--output", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "Genotype (shared normal / reduction cells)" in printed
+    for name in ("alphas.png", "diagnostics.png", "genotype_normal.png", "genotype_reduce.png"):
+        assert (out / name).stat().st_size > 1000, name
+        assert f"plot: {out / name}" in printed
+    assert json.loads((out / "config.json").read_text())["config"]["dataset"] == "digits"
+    # `darts-amend plot` redraws from the folder alone
+    (out / "alphas.png").unlink()
+    assert main(["plot", str(out)]) == 0
+    assert (out / "alphas.png").is_file()
+
+
+def test_until_converged_stops_when_rule_holds(tmp_path):
+    out = tmp_path / "conv"
+    # threshold below uniform (1/7) and a negligible alpha lr: the rule holds from epoch 2 on
+    rc = main(["search", *TINY, "--epochs", "5", "--output", str(out), "--until-converged", "1",
+               "--converge_threshold", "0.1", "--arch_learning_rate", "1e-12",
+               "--steps_per_epoch", "1"])
+    assert rc == 0
+    rows = _lines(out)
+    assert [r["converged_epochs"] for r in rows] == [0, 1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stop_reason"] == "converged" and summary["epochs_run"] == 2
+
+
+def test_config_precedence_preset_yaml_flags(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("init_channels: 4\nlayers: 2\neta: 0.3\nspace: s2\n")
+    out = tmp_path / "prec"
+    # preset tiny (digits, s1, ...) < YAML (s2, eta 0.3) < flags (--amend_eta 0.2, fake data)
+    rc = main(["search", "--preset", "tiny", "--config", str(cfg), "--amend_eta", "0.2",
+               *TINY[:8], "--batch_size", "4", "--steps_per_epoch", "1", "--epochs", "1",
+               "--threads", "1", "--no-progress", "--no-plots", "-q", "--output", str(out)])
+    assert rc == 0
+    stored = json.loads((out / "config.json").read_text())["config"]
+    assert stored["eta"] == 0.2 and stored["layers"] == 2
+    assert stored["space"] == "s1"  # the flag in TINY beats YAML's s2
+    assert stored["learning_rate"] == 0.05  # from the preset
+    assert stored["dataset"] == "fake"
+
+
+def _write_jpegs(root, split, per_class):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for c in ("a", "b"):
+        (root / split / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)).save(
+                root / split / c / f"{i}.jpg")
+
+
+def test_train_on_fake_cifar_with_aux_cutout_droppath(tmp_path, capsys):
+    from darts_amend.supernet import DARTS_V2, NetworkCIFAR
+
+    out = tmp_path / "train"
+    rc = main(["train", "--genotype", "DARTS_V2", "--dataset", "fake", "--fake_size", "8",
+               "--image_size", "32", "--layers", "3", "--init_channels", "4", "--epochs", "2",
+               "--batch_size", "4", "--steps_per_epoch", "1", "--label_smooth", "0.1",
+               "--threads", "1", "--no-progress", "--output", str(out)])
+    assert rc == 0
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    # the CIFAR recipe filled in what was not given
+    assert (cfg["auxiliary"], cfg["cutout"], cfg["drop_path_prob"], cfg["lr_schedule"],
+            cfg["weight_decay"]) == (True, True, 0.2, "cosine", 3e-4)
+    rows = _lines(out)
+    assert [r["drop_path_prob"] for r in rows] == [0.0, 0.1]
+    assert 0.0 <= rows[-1]["test_acc"] <= rows[-1]["test_acc_top5"] <= 1.0
+    printed = capsys.readouterr().out
+    assert f"test accuracy {rows[-1]['test_acc']:.4f}" in printed
+    assert (out / "curves.png").is_file()
+    net = NetworkCIFAR(4, 10, 3, True, DARTS_V2)
+    net.load_state_dict(_ckpt(out)["model"])  # the checkpoint is the DARTS_V2 network
+
+
+def test_train_image_folder_from_search_folder_with_amp(search_run, tmp_path):
+    data = tmp_path / "jpegs"
+    _write_jpegs(data, "train", 4)
+    _write_jpegs(data, "val", 2)
+    out = tmp_path / "train-folder"
+    rc = main(["train", "--genotype", str(search_run), "--dataset", "folder", "--data",
+               str(data), "--image_size", "8", "--layers", "2", "--init_channels", "4",
+               "--epochs", "1", "--batch_size", "4", "--no-auxiliary", "--amp", "--workers", "0", "--threads",
+               "1", "--no-progress", "--no-plots", "-q", "--output", str(out)])
+    assert rc == 0
+    row = _lines(out)[0]
+    assert row["test_acc"] in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 test images
+    assert np.isfinite(row["train_loss"])
+    assert json.loads((out / "genotype.json").read_text()) == json.loads(
+        (search_run / "genotype.json").read_text())
+
+
+def test_train_resume_after_ctrl_c_equals_uninterrupted(tmp_path, monkeypatch):
+    args = ["train", "--genotype", "DARTS_V1", "--dataset", "fake", "--fake_size", "12",
+            "--image_size", "8", "--layers", "2", "--init_channels", "4", "--epochs", "2",
+            "--batch_size", "4", "--no-auxiliary", "--threads", "1", "--no-progress",
+            "--no-plots", "-q"]
+    assert main([*args, "--output", str(tmp_path / "full")]) == 0
+    monkeypatch.setattr(train_mod, "_on_step", lambda e, s: (e, s) == (1, 1) and os.kill(
+        os.getpid(), signal.SIGINT))
+    assert main([*args, "--output", str(tmp_path / "cut")]) == 130
+    monkeypatch.setattr(train_mod, "_on_step", lambda e, s: None)
+    assert main(["train", "--output", str(tmp_path / "cut"), "--resume", "-q"]) == 0
+    a, b = _ckpt(tmp_path / "full"), _ckpt(tmp_path / "cut")
+    assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+    assert [r["test_acc"] for r in _lines(tmp_path / "full")] == [
+        r["test_acc"] for r in _lines(tmp_path / "cut")]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _bad(capsys, argv, match):
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert match in err, err
+    return err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["search", "--dataset", "mnist"], "invalid choice: 'mnist'"),
+    (["search", "--space", "s9"], "invalid choice: 's9'"),
+    (["search", "--estimator", "second_order"], "invalid choice: 'second_order'"),
+    (["search", "--preset", "huge"], "unknown preset 'huge'; choose one of paper-s1"),
+    (["search", "--dataset", "cifar10", "--data", "NOWHERE"], "pass --download"),
+    (["train", "--dataset", "imagenet", "--data", "NOWHERE"], "image-net.org"),
+    (["search", "--dataset", "folder", "--data", "NOWHERE"], "ImageFolder layout"),
+    (["search", "--estimator", "first_order", "--eta", "0.5"], "--eta applies to"),
+    (["search", "--batch_size", "0"], "invalid --batch_size 0"),
+    (["train", "--genotype", "NOT_A_GENOTYPE"], "neither a file"),
+])
+def test_bad_input_exit_2_and_nothing_written(capsys, tmp_path, argv, match):
+    out = tmp_path / "out"
+    _bad(capsys, [*argv, "--output", str(out)], match)
+    assert not out.exists()
+
+
+def test_bad_genotype_and_yaml_files(capsys, tmp_path):
+    bad = tmp_path / "g.json"
+    bad.write_text('{"normal": [["warp_drive", 0]]}')
+    _bad(capsys, ["train", "--genotype", str(bad), "--output", str(tmp_path / "o")],
+         "does not parse")
+    yml = tmp_path / "c.yaml"
+    yml.write_text("init_chanels: 8\n")
+    _bad(capsys, ["search", "--config", str(yml)], "unknown setting 'init_chanels'")
+    yml.write_text("layers: many\n")
+    _bad(capsys, ["search", "--config", str(yml)], "layers must be int")
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_run_is_refused_and_untouched(capsys, search_run):
+    before = _snapshot(search_run)
+    _bad(capsys, ["search", *TINY, "--output", str(search_run)], "--resume")
+    _bad(capsys, ["search", "--output", str(search_run), "--resume", "--init_channels", "8"],
+         "different configuration (init_channels: 4 -> 8)")
+    _bad(capsys, ["train", "--output", str(search_run), "--resume"], "not a train run")
+    _bad(capsys, ["search", "--output", str(search_run), "--resume", "--force"], "exclude")
+    assert _snapshot(search_run) == before
+
+
+def test_force_overwrites_and_resume_needs_a_run(capsys, tmp_path):
+    out = tmp_path / "x"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    _bad(capsys, ["search", *TINY, "--output", str(out)], "not empty")
+    _bad(capsys, ["search", "--output", str(out), "--resume"], "nothing to resume")
+    assert main(["search", *TINY, "--epochs", "1", "--steps_per_epoch", "1", "--output",
+                 str(out), "--force"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"  # --force replaces run files only
+    assert len(_lines(out)) == 1
+
+
+def test_help_and_patch_repo_are_wired(capsys):
+    assert main(["--help"]) == 0
+    assert main(["search", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--arch_learning_rate" in text and "--until-converged" in text
+    assert main(["patch-repo", "--help"]) == 0
+    assert main([]) == 2
