@@ -1,8 +1,12 @@
-"""The DARTS / PC-DARTS / P-DARTS adapters, driven exactly the way each upstream loop drives its architect.
+"""The DARTS / PC-DARTS / P-DARTS adapters, driven exactly the way each upstream loop drives its
+architect.
 
-Ground truth: the core estimators (``unrolled``, ``amended``, ``first_order``), independent replays of the
-upstream computations (``test_adapters_support``), and P-DARTS' own inline update. Float64, tiny supernets.
+Ground truth: the core estimators (``unrolled``, ``amended``, ``first_order``), independent replays
+of the
+upstream computations (``test_adapters_support``), and P-DARTS' own inline update. Float64, tiny
+supernets.
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,26 +32,34 @@ from darts_amend.adapters import darts, p_darts, pc_darts
 from darts_amend.estimators import amended, first_order, unrolled
 from darts_amend.hvp import unwrap_model
 
-ADAPTERS = {"darts": (darts.Architect, DartsLikeNet), "pc_darts": (pc_darts.Architect, PCDartsLikeNet),
-            "p_darts": (p_darts.Architect, PDartsLikeNet)}
-
+ADAPTERS = {
+    "darts": (darts.Architect, DartsLikeNet),
+    "pc_darts": (pc_darts.Architect, PCDartsLikeNet),
+    "p_darts": (p_darts.Architect, PDartsLikeNet),
+}
 
 
 @pytest.fixture(autouse=True)
 def _one_intra_op_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP threads
-    oversubscribe badly (measured: a float64 amended step 0.25 s with 1 thread, ~30 s with 2 under load).
+    """Tiny tensors gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP
+    threads
+    oversubscribe badly (measured: a float64 amended step 0.25 s with 1 thread, ~30 s with 2 under
+    load).
     Set for each test and restored afterwards, so nothing leaks into other test modules."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
 
+
 def weights_and_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every weight and buffer (BatchNorm running statistics) of the model, alphas excluded by identity."""
+    """Every weight and buffer (BatchNorm running statistics) of the model, alphas excluded by
+    identity."""
     net = unwrap_model(model)
     alpha_ids = {id(a) for a in net.arch_parameters()}
-    out = {f"p:{n}": p.detach().clone() for n, p in net.named_parameters() if id(p) not in alpha_ids}
+    out = {
+        f"p:{n}": p.detach().clone() for n, p in net.named_parameters() if id(p) not in alpha_ids
+    }
     out.update({f"b:{n}": b.detach().clone() for n, b in net.named_buffers()})
     return out
 
@@ -63,21 +75,30 @@ def alphas_of(model: nn.Module) -> list[torch.Tensor]:
 
 
 def weight_optimizer(model: nn.Module, args) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
-                           weight_decay=args.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(),
+        args.learning_rate,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+    )
 
 
 def warm_up(model: nn.Module, optimizer: torch.optim.Optimizer, batches, steps: int = 2) -> None:
-    """A few plain weight steps, so the SGD momentum buffers exist (the unrolled step reads them)."""
+    """A few plain weight steps, so the SGD momentum buffers exist (the unrolled step reads
+    them)."""
     for x, y in batches[:steps]:
         optimizer.zero_grad()
         model._loss(x, y).backward()
         optimizer.step()
 
 
-# ------------------------------------------------------------------------ the upstream loops, replayed
-def darts_train_epochs(model, architect, args, train, valid, epochs, *, arch_from_epoch=0, check=None):
-    """quark0/darts (and PC-DARTS, with ``arch_from_epoch=15`` there) ``train()``, modern-PyTorch spelling."""
+# ------------------------------------------------------------------------ the upstream loops,
+# replayed
+def darts_train_epochs(
+    model, architect, args, train, valid, epochs, *, arch_from_epoch=0, check=None
+):
+    """quark0/darts (and PC-DARTS, with ``arch_from_epoch=15`` there) ``train()``, modern-PyTorch
+    spelling."""
     criterion = nn.CrossEntropyLoss()
     optimizer = weight_optimizer(model, args)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(epochs), eta_min=1e-3)
@@ -87,7 +108,15 @@ def darts_train_epochs(model, architect, args, train, valid, epochs, *, arch_fro
             model.train()
             if epoch >= arch_from_epoch:
                 before = (weights_and_buffers(model), alphas_of(model))
-                architect.step(input, target, input_search, target_search, lr, optimizer, unrolled=args.unrolled)
+                architect.step(
+                    input,
+                    target,
+                    input_search,
+                    target_search,
+                    lr,
+                    optimizer,
+                    unrolled=args.unrolled,
+                )
                 if check is not None:
                     check(before, model)
             optimizer.zero_grad()
@@ -100,7 +129,8 @@ def darts_train_epochs(model, architect, args, train, valid, epochs, *, arch_fro
 
 
 def step_checks(before, model):
-    """After every architect step: every alpha tensor moved, weights and BN statistics bit-identical."""
+    """After every architect step: every alpha tensor moved, weights and BN statistics
+    bit-identical."""
     weights, alphas = before
     assert_bit_equal(weights, weights_and_buffers(model))
     for a0, a1 in zip(alphas, alphas_of(model)):
@@ -123,17 +153,21 @@ def test_darts_loop_amended_by_default(no_warnings):
     architect = darts.Architect(model, args)
     assert architect.estimator == "amended" and architect.amend_eta == 0.1
     start = weights_and_buffers(model)
-    darts_train_epochs(model, architect, args, batches[:3], batches[3:], epochs=2, check=step_checks)
+    darts_train_epochs(
+        model, architect, args, batches[:3], batches[3:], epochs=2, check=step_checks
+    )
     assert model.new_calls == 0
     info = architect.last_info
     assert info.finite and info.g2_norm > 0 and info.g1_norm > 0
-    assert not torch.equal(start["p:classifier.weight"], model.classifier.weight)  # the weight steps ran
+    assert not torch.equal(
+        start["p:classifier.weight"], model.classifier.weight
+    )  # the weight steps ran
     assert model.genotype()
 
 
 @pytest.mark.parametrize("mode", ["exact", "finite_difference"])
 @pytest.mark.parametrize("flavor", ["darts", "pc_darts"])
-def test_second_order_equals_core_unrolled(flavor, mode):
+def test_second_order_equals_core_unrolled(flavor, mode, no_warnings):
     cls, net_cls = ADAPTERS[flavor]
     model = build(net_cls)
     batches = make_batches(4)
@@ -143,13 +177,29 @@ def test_second_order_equals_core_unrolled(flavor, mode):
     (xt, yt), (xv, yv) = batches[2], batches[3]
     lr = 0.0173
     buffers = [optimizer.state[p]["momentum_buffer"] for p in model.parameters()]
-    ref = unrolled(model, (xt, yt), (xv, yv), xi=lr, momentum=args.momentum, momentum_buffers=buffers,
-                   weight_decay=args.weight_decay, mode=mode)
-    no_momentum = unrolled(model, (xt, yt), (xv, yv), xi=lr, weight_decay=args.weight_decay, mode=mode)
-    assert any(not torch.allclose(a, b) for a, b in zip(ref.grads, no_momentum.grads))  # momentum matters
+    ref = unrolled(
+        model,
+        (xt, yt),
+        (xv, yv),
+        xi=lr,
+        momentum=args.momentum,
+        momentum_buffers=buffers,
+        weight_decay=args.weight_decay,
+        mode=mode,
+    )
+    no_momentum = unrolled(
+        model, (xt, yt), (xv, yv), xi=lr, weight_decay=args.weight_decay, mode=mode
+    )
+    assert any(
+        not torch.allclose(a, b) for a, b in zip(ref.grads, no_momentum.grads)
+    )  # momentum matters
     twin_alphas = [a.detach().clone().requires_grad_() for a in model.arch_parameters()]
-    adam = torch.optim.Adam(twin_alphas, lr=args.arch_learning_rate, betas=(0.5, 0.999),
-                            weight_decay=args.arch_weight_decay)
+    adam = torch.optim.Adam(
+        twin_alphas,
+        lr=args.arch_learning_rate,
+        betas=(0.5, 0.999),
+        weight_decay=args.arch_weight_decay,
+    )
     architect = cls(model, args)
     before = weights_and_buffers(model)
     architect.step(xt, yt, xv, yv, lr, optimizer, unrolled=True)
@@ -166,7 +216,8 @@ def test_second_order_equals_core_unrolled(flavor, mode):
 
 @pytest.mark.parametrize("net_cls", [DartsLikeNet, PCDartsLikeNet])
 def test_second_order_with_finite_differences_replays_upstream(net_cls):
-    """Against an independent replay of upstream's algorithm (new(), flat theta, SGD state, central FD)."""
+    """Against an independent replay of upstream's algorithm (new(), flat theta, SGD state, central
+    FD)."""
     model = build(net_cls)
     batches = make_batches(4)
     args = darts_args(unrolled=True, amend_estimator="unrolled", amend_mode="finite_difference")
@@ -174,8 +225,12 @@ def test_second_order_with_finite_differences_replays_upstream(net_cls):
     warm_up(model, optimizer, batches)
     (xt, yt), (xv, yv) = batches[2], batches[3]
     lr = 0.021
-    twin, twin_opt = copy.deepcopy((model, optimizer))  # one deepcopy: the optimizer state follows the copy
-    expected = upstream_second_order_grads(twin, xt, yt, xv, yv, lr, twin_opt, args.momentum, args.weight_decay)
+    twin, twin_opt = copy.deepcopy(
+        (model, optimizer)
+    )  # one deepcopy: the optimizer state follows the copy
+    expected = upstream_second_order_grads(
+        twin, xt, yt, xv, yv, lr, twin_opt, args.momentum, args.weight_decay
+    )
     assert twin.new_calls == 1 and model.new_calls == 0
     darts.Architect(model, args).step(xt, yt, xv, yv, lr, optimizer, unrolled=True)
     for a, g in zip(model.arch_parameters(), expected):
@@ -240,8 +295,9 @@ def test_pc_darts_loop_steps_all_four_arch_tensors_from_the_start_epoch(no_warni
         step_checks(before, m)
         seen.append(1)
 
-    darts_train_epochs(model, architect, args, batches[:2], batches[2:], epochs=2, arch_from_epoch=1,
-                       check=check)
+    darts_train_epochs(
+        model, architect, args, batches[:2], batches[2:], epochs=2, arch_from_epoch=1, check=check
+    )
     assert len(seen) == 2  # only the epoch >= arch_from_epoch steps
     assert all(not torch.equal(a, b) for a, b in zip(start, alphas_of(model)))
     assert model.new_calls == 0
@@ -251,14 +307,20 @@ def test_pc_darts_loop_steps_all_four_arch_tensors_from_the_start_epoch(no_warni
 def pdarts_stage(switches, p, args, batches, *, eps_no_arch, epochs, check=None):
     """One P-DARTS stage: rebuild the network (DataParallel), the optimizers and the architect."""
     torch.manual_seed(len(switches[0]))
-    model = nn.DataParallel(PDartsLikeNet(switches=switches, p=p).to(device=device(), dtype=torch.float64))
+    model = nn.DataParallel(
+        PDartsLikeNet(switches=switches, p=p).to(device=device(), dtype=torch.float64)
+    )
     criterion = nn.CrossEntropyLoss()
-    network_params = [v for k, v in model.named_parameters()
-                      if not (k.endswith("alphas_normal") or k.endswith("alphas_reduce"))]
-    optimizer = torch.optim.SGD(network_params, args.learning_rate, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
+    network_params = [
+        v
+        for k, v in model.named_parameters()
+        if not (k.endswith("alphas_normal") or k.endswith("alphas_reduce"))
+    ]
+    optimizer = torch.optim.SGD(
+        network_params, args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay
+    )
     architect = p_darts.Architect(model, args)
-    train, valid = batches[: len(batches) // 2], batches[len(batches) // 2:]
+    train, valid = batches[: len(batches) // 2], batches[len(batches) // 2 :]
     for epoch in range(epochs):
         lr = args.learning_rate
         model.module.p = p * (epochs - epoch - 1) / epochs
@@ -267,7 +329,9 @@ def pdarts_stage(switches, p, args, batches, *, eps_no_arch, epochs, check=None)
             model.train()
             if epoch >= eps_no_arch:
                 before = (weights_and_buffers(model), alphas_of(model))
-                architect.step(input, target, input_search, target_search, lr, optimizer, unrolled=False)
+                architect.step(
+                    input, target, input_search, target_search, lr, optimizer, unrolled=False
+                )
                 if check is not None:
                     check(before, model, architect)
             optimizer.zero_grad()
@@ -288,9 +352,12 @@ def test_p_darts_stages_with_dataparallel_and_dropout(no_warnings):
         assert architect.last_info.finite and architect.last_info.g2_norm > 0
         steps.append(1)
 
-    stage1 = pdarts_stage([[True] * 4] * 5, 0.3, args, batches, eps_no_arch=1, epochs=2, check=check)
-    stage2 = pdarts_stage([[False, True, True, False]] * 5, 0.3, args, batches, eps_no_arch=1, epochs=2,
-                          check=check)
+    stage1 = pdarts_stage(
+        [[True] * 4] * 5, 0.3, args, batches, eps_no_arch=1, epochs=2, check=check
+    )
+    stage2 = pdarts_stage(
+        [[False, True, True, False]] * 5, 0.3, args, batches, eps_no_arch=1, epochs=2, check=check
+    )
     assert len(steps) == 4
     assert stage2[0].module.alphas_normal.shape == (5, 2)
     # the stage-1 architect must not be reused with the stage-2 network's optimizer
@@ -311,14 +378,24 @@ def test_p_darts_alpha_gradient_is_clipped_like_the_inline_update():
     torch.manual_seed(7)  # the same dropout masks for both (one forward on the search batch each)
     architect.step(xt, yt, xv, yv, 0.025, None, unrolled=False)
     torch.manual_seed(7)
-    adam = torch.optim.Adam(twin.module.arch_parameters(), lr=args.arch_learning_rate, betas=(0.5, 0.999),
-                            weight_decay=args.arch_weight_decay)
+    adam = torch.optim.Adam(
+        twin.module.arch_parameters(),
+        lr=args.arch_learning_rate,
+        betas=(0.5, 0.999),
+        weight_decay=args.arch_weight_decay,
+    )
     pdarts_inline_alpha_step(twin, adam, nn.CrossEntropyLoss(), xv, yv, args.grad_clip)
     grad_norm = torch.cat([a.grad.reshape(-1) for a in model.module.arch_parameters()]).norm()
     assert architect.last_info.grad_norm > 10 * args.grad_clip  # clipping was engaged ...
-    torch.testing.assert_close(grad_norm, torch.tensor(args.grad_clip, dtype=grad_norm.dtype,
-                                                       device=grad_norm.device), rtol=1e-4, atol=0)
-    for a, b in zip(model.module.arch_parameters(), twin.module.arch_parameters()):  # ... exactly as upstream
+    torch.testing.assert_close(
+        grad_norm,
+        torch.tensor(args.grad_clip, dtype=grad_norm.dtype, device=grad_norm.device),
+        rtol=1e-4,
+        atol=0,
+    )
+    for a, b in zip(
+        model.module.arch_parameters(), twin.module.arch_parameters()
+    ):  # ... exactly as upstream
         torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-12, atol=1e-15)
 
 
@@ -353,18 +430,24 @@ def test_ddp_wrapped_model_is_unwrapped(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("overrides,match", [
-    (dict(amend_estimator="second_order"), "valid names: first_order, unrolled, amended"),
-    (dict(amend_eta=-0.1), "invalid amend_eta"),
-    (dict(amend_eta=float("nan")), "invalid amend_eta"),
-    (dict(amend_estimator="unrolled", unrolled=True, amend_eta=0.1), "only used by amend_estimator 'amended'"),
-    (dict(unrolled=True), "--amend_estimator unrolled"),
-    (dict(amend_estimator="unrolled"), "pass --unrolled"),
-    (dict(amend_mode="fast"), "invalid amend_mode"),
-    (dict(amend_estimator="first_order", amend_mode="exact"), "does nothing"),
-    (dict(amend_eta=0.0, amend_mode="finite_difference"), "does nothing"),
-    (dict(arch_learning_rate=0.0), "arch_learning_rate"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (dict(amend_estimator="second_order"), "valid names: first_order, unrolled, amended"),
+        (dict(amend_eta=-0.1), "invalid amend_eta"),
+        (dict(amend_eta=float("nan")), "invalid amend_eta"),
+        (
+            dict(amend_estimator="unrolled", unrolled=True, amend_eta=0.1),
+            "only used by amend_estimator 'amended'",
+        ),
+        (dict(unrolled=True), "--amend_estimator unrolled"),
+        (dict(amend_estimator="unrolled"), "pass --unrolled"),
+        (dict(amend_mode="fast"), "invalid amend_mode"),
+        (dict(amend_estimator="first_order", amend_mode="exact"), "does nothing"),
+        (dict(amend_eta=0.0, amend_mode="finite_difference"), "does nothing"),
+        (dict(arch_learning_rate=0.0), "arch_learning_rate"),
+    ],
+)
 def test_bad_args_are_refused_at_construction(overrides, match):
     model = build(DartsLikeNet)
     with pytest.raises(ValueError, match=match):

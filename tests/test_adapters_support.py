@@ -1,23 +1,34 @@
-"""Small supernets with the interface quirks of the upstream DARTS-family repos, and replays of their loops.
+"""Small supernets with the interface quirks of the upstream DARTS-family repos, and replays of
+their loops.
 
 Written for this project (no upstream code): each class reproduces only what an adapter can observe.
 
-* ``DartsLikeNet``   -- quark0/darts ``cnn/model_search.py``: alphas are plain leaf tensors kept in a Python
-  list (not ``nn.Parameter``, so absent from ``parameters()`` / ``state_dict()`` / ``.to()``), ``_loss(x, y)``
-  through a stored criterion, ``new()`` (counted, so tests can prove it is never called), ``genotype()``,
+* ``DartsLikeNet``   -- quark0/darts ``cnn/model_search.py``: alphas are plain leaf tensors kept in
+a Python
+  list (not ``nn.Parameter``, so absent from ``parameters()`` / ``state_dict()`` / ``.to()``),
+  ``_loss(x, y)``
+  through a stored criterion, ``new()`` (counted, so tests can prove it is never called),
+  ``genotype()``,
   ``alphas_normal`` / ``alphas_reduce``, ReLU + BatchNorm ops.
 * ``PCDartsLikeNet`` -- yuhuixu1993/PC-DARTS: the same plus partial channels (1/K of the channels go
-  through the mixed op, the rest bypass it, then a channel shuffle) and edge normalisation ``betas_normal``
+  through the mixed op, the rest bypass it, then a channel shuffle) and edge normalisation
+  ``betas_normal``
   / ``betas_reduce``: ``arch_parameters()`` returns four tensors.
-* ``PDartsLikeNet``  -- chenxin061/pdarts: alphas registered as ``nn.Parameter`` (inside ``parameters()``),
-  per-edge op switches, dropout after skip-connect (``p`` + ``update_p()``), no ``new()``, no ``genotype()``;
+* ``PDartsLikeNet``  -- chenxin061/pdarts: alphas registered as ``nn.Parameter`` (inside
+``parameters()``),
+  per-edge op switches, dropout after skip-connect (``p`` + ``update_p()``), no ``new()``, no
+  ``genotype()``;
   the loop wraps it in ``nn.DataParallel``.
 
-The ``*_replay`` functions re-state, in our own words, what the upstream architect / inline update compute,
-so the adapters can be compared against an independent reference (``upstream_second_order_grads`` is also
-the baseline of ``bench/adapter_cost.py``).  The tests at the bottom check that the fixtures really have the
+The ``*_replay`` functions re-state, in our own words, what the upstream architect / inline update
+compute,
+so the adapters can be compared against an independent reference (``upstream_second_order_grads`` is
+also
+the baseline of ``bench/adapter_cost.py``).  The tests at the bottom check that the fixtures really
+have the
 quirks they claim: a fixture without its quirk would make the adapter tests meaningless.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,18 +63,21 @@ def device() -> torch.device:
     return torch.device(os.environ.get("TORCH_DEVICE", "cpu"))
 
 
-
 @pytest.fixture(autouse=True)
 def _one_intra_op_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP threads
-    oversubscribe badly (measured: a float64 amended step 0.25 s with 1 thread, ~30 s with 2 under load).
+    """Tiny tensors gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP
+    threads
+    oversubscribe badly (measured: a float64 amended step 0.25 s with 1 thread, ~30 s with 2 under
+    load).
     Set for each test and restored afterwards, so nothing leaks into other test modules."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
 
-# ----------------------------------------------------------------------------------------------- ops
+
+# -----------------------------------------------------------------------------------------------
+# ops
 class _Zero(nn.Module):
     def __init__(self, stride: int) -> None:
         super().__init__()
@@ -102,10 +116,17 @@ def _channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 class _MixedOp(nn.Module):
-    """Weighted sum of ops; ``partial`` > 1 sends only 1/partial of the channels through them (PC-DARTS)."""
+    """Weighted sum of ops; ``partial`` > 1 sends only 1/partial of the channels through them
+    (PC-DARTS)."""
 
-    def __init__(self, channels: int, stride: int, ops: Sequence[str], partial: int = 1,
-                 skip_dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        channels: int,
+        stride: int,
+        ops: Sequence[str],
+        partial: int = 1,
+        skip_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.partial = partial
         self.stride = stride
@@ -128,10 +149,21 @@ class _MixedOp(nn.Module):
 
 
 class _Cell(nn.Module):
-    """``steps`` nodes; node i sums one mixed op per earlier state (2 + i inputs): 2 + 3 = 5 edges for 2 steps."""
+    """``steps`` nodes; node i sums one mixed op per earlier state (2 + i inputs): 2 + 3 = 5 edges
+    for 2 steps."""
 
-    def __init__(self, steps: int, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool,
-                 op_lists: Sequence[Sequence[str]], partial: int, skip_dropout: float) -> None:
+    def __init__(
+        self,
+        steps: int,
+        c_pp: int,
+        c_p: int,
+        c: int,
+        reduction: bool,
+        reduction_prev: bool,
+        op_lists: Sequence[Sequence[str]],
+        partial: int,
+        skip_dropout: float,
+    ) -> None:
         super().__init__()
         self.reduction = reduction
         self.steps = steps
@@ -145,8 +177,13 @@ class _Cell(nn.Module):
                 self.edges.append(_MixedOp(c, stride, op_lists[edge], partial, skip_dropout))
                 edge += 1
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
-                edge_weights: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        s0: torch.Tensor,
+        s1: torch.Tensor,
+        weights: torch.Tensor,
+        edge_weights: torch.Tensor | None,
+    ) -> torch.Tensor:
         states = [self.pre0(s0), self.pre1(s1)]
         offset = 0
         for _ in range(self.steps):
@@ -166,11 +203,22 @@ def _num_edges(steps: int) -> int:
 
 
 class _TinySearchNet(nn.Module):
-    """Shared body: stem (conv + affine BN), ``layers`` cells (reduction at layers//3 and 2*layers//3)."""
+    """Shared body: stem (conv + affine BN), ``layers`` cells (reduction at layers//3 and
+    2*layers//3)."""
 
-    def __init__(self, C: int, num_classes: int, layers: int, criterion: nn.Module, *, steps: int = 2,
-                 in_channels: int = 3, partial: int = 1, skip_dropout: float = 0.0,
-                 switches: Sequence[Sequence[bool]] | None = None) -> None:
+    def __init__(
+        self,
+        C: int,
+        num_classes: int,
+        layers: int,
+        criterion: nn.Module,
+        *,
+        steps: int = 2,
+        in_channels: int = 3,
+        partial: int = 1,
+        skip_dropout: float = 0.0,
+        switches: Sequence[Sequence[bool]] | None = None,
+    ) -> None:
         super().__init__()
         self._C, self._num_classes, self._layers = C, num_classes, layers
         self._criterion = criterion
@@ -179,7 +227,9 @@ class _TinySearchNet(nn.Module):
         k = _num_edges(steps)
         switches = switches if switches is not None else [[True] * len(OPS)] * k
         self._op_lists = [[name for name, on in zip(OPS, sw) if on] for sw in switches]
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 2 * C, 3, padding=1, bias=False), nn.BatchNorm2d(2 * C))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 2 * C, 3, padding=1, bias=False), nn.BatchNorm2d(2 * C)
+        )
         c_pp, c_p, c = 2 * C, 2 * C, C
         self.cells = nn.ModuleList()
         reduction_prev = False
@@ -187,8 +237,19 @@ class _TinySearchNet(nn.Module):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
                 c *= 2
-            self.cells.append(_Cell(steps, c_pp, c_p, c, reduction, reduction_prev, self._op_lists, partial,
-                                    skip_dropout))
+            self.cells.append(
+                _Cell(
+                    steps,
+                    c_pp,
+                    c_p,
+                    c,
+                    reduction,
+                    reduction_prev,
+                    self._op_lists,
+                    partial,
+                    skip_dropout,
+                )
+            )
             reduction_prev = reduction
             c_pp, c_p = c_p, steps * c
         self.classifier = nn.Linear(c_p, num_classes)
@@ -208,10 +269,17 @@ class _TinySearchNet(nn.Module):
 
 
 class DartsLikeNet(_TinySearchNet):
-    """quark0/darts interface: leaf-tensor alphas in a plain list, ``_loss``, ``new()``, ``genotype()``."""
+    """quark0/darts interface: leaf-tensor alphas in a plain list, ``_loss``, ``new()``,
+    ``genotype()``."""
 
-    def __init__(self, C: int = 4, num_classes: int = 3, layers: int = 3, criterion: nn.Module | None = None,
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        C: int = 4,
+        num_classes: int = 3,
+        layers: int = 3,
+        criterion: nn.Module | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(C, num_classes, layers, criterion or nn.CrossEntropyLoss(), **kwargs)
         self._kwargs = kwargs
         self.new_calls = 0
@@ -220,9 +288,14 @@ class DartsLikeNet(_TinySearchNet):
     def _initialize_alphas(self) -> None:
         k, n_ops = _num_edges(self._steps), len(OPS)
         ref = self.stem[0].weight
-        # Not nn.Parameter: invisible to parameters(), state_dict(), .to() and DDP -- exactly the upstream quirk.
-        self.alphas_normal = (1e-3 * torch.randn(k, n_ops, dtype=ref.dtype, device=ref.device)).requires_grad_()
-        self.alphas_reduce = (1e-3 * torch.randn(k, n_ops, dtype=ref.dtype, device=ref.device)).requires_grad_()
+        # Not nn.Parameter: invisible to parameters(), state_dict(), .to() and DDP -- exactly the
+        # upstream quirk.
+        self.alphas_normal = (
+            1e-3 * torch.randn(k, n_ops, dtype=ref.dtype, device=ref.device)
+        ).requires_grad_()
+        self.alphas_reduce = (
+            1e-3 * torch.randn(k, n_ops, dtype=ref.dtype, device=ref.device)
+        ).requires_grad_()
         self._arch_parameters = [self.alphas_normal, self.alphas_reduce]
 
     def _cell_weights(self, reduction):
@@ -233,12 +306,14 @@ class DartsLikeNet(_TinySearchNet):
         return self._arch_parameters
 
     def new(self) -> DartsLikeNet:
-        """Upstream's fresh copy with the same alphas (weights re-initialised). Counted: adapters must not call it."""
+        """Upstream's fresh copy with the same alphas (weights re-initialised). Counted: adapters
+        must not call it."""
         self.new_calls += 1
         ref = self.stem[0].weight
         twin = type(self)(self._C, self._num_classes, self._layers, self._criterion, **self._kwargs)
         twin = twin.to(device=ref.device, dtype=ref.dtype)
-        twin._initialize_alphas()  # re-create the leaf alphas on the right device/dtype, as upstream's .cuda()
+        # re-create the leaf alphas on the right device/dtype, as upstream's .cuda() does
+        twin._initialize_alphas()
         for mine, theirs in zip(twin.arch_parameters(), self.arch_parameters()):
             mine.data.copy_(theirs.data)
         return twin
@@ -252,24 +327,46 @@ class DartsLikeNet(_TinySearchNet):
 class PCDartsLikeNet(DartsLikeNet):
     """PC-DARTS interface: partial channels + edge normalisation betas -> four arch tensors."""
 
-    def __init__(self, C: int = 4, num_classes: int = 3, layers: int = 3, criterion: nn.Module | None = None,
-                 partial: int = 2, **kwargs) -> None:
+    def __init__(
+        self,
+        C: int = 4,
+        num_classes: int = 3,
+        layers: int = 3,
+        criterion: nn.Module | None = None,
+        partial: int = 2,
+        **kwargs,
+    ) -> None:
         super().__init__(C, num_classes, layers, criterion, partial=partial, **kwargs)
 
     def _initialize_alphas(self) -> None:
         super()._initialize_alphas()
         k, ref = _num_edges(self._steps), self.stem[0].weight
-        self.betas_normal = (1e-3 * torch.randn(k, dtype=ref.dtype, device=ref.device)).requires_grad_()
-        self.betas_reduce = (1e-3 * torch.randn(k, dtype=ref.dtype, device=ref.device)).requires_grad_()
-        self._arch_parameters = [self.alphas_normal, self.alphas_reduce, self.betas_normal, self.betas_reduce]
+        self.betas_normal = (
+            1e-3 * torch.randn(k, dtype=ref.dtype, device=ref.device)
+        ).requires_grad_()
+        self.betas_reduce = (
+            1e-3 * torch.randn(k, dtype=ref.dtype, device=ref.device)
+        ).requires_grad_()
+        self._arch_parameters = [
+            self.alphas_normal,
+            self.alphas_reduce,
+            self.betas_normal,
+            self.betas_reduce,
+        ]
 
     def new(self) -> PCDartsLikeNet:
         self.new_calls += 1
         ref = self.stem[0].weight
         kwargs = dict(self._kwargs)
         kwargs.pop("partial", None)
-        twin = type(self)(self._C, self._num_classes, self._layers, self._criterion,
-                          partial=self._kwargs.get("partial", 2), **kwargs).to(device=ref.device, dtype=ref.dtype)
+        twin = type(self)(
+            self._C,
+            self._num_classes,
+            self._layers,
+            self._criterion,
+            partial=self._kwargs.get("partial", 2),
+            **kwargs,
+        ).to(device=ref.device, dtype=ref.dtype)
         twin._initialize_alphas()
         for mine, theirs in zip(twin.arch_parameters(), self.arch_parameters()):
             mine.data.copy_(theirs.data)
@@ -279,7 +376,7 @@ class PCDartsLikeNet(DartsLikeNet):
         # softmax over the inputs of each node: [0:2], [2:5], ...
         chunks, start = [], 0
         for i in range(self._steps):
-            chunks.append(F.softmax(betas[start:start + 2 + i], dim=-1))
+            chunks.append(F.softmax(betas[start : start + 2 + i], dim=-1))
             start += 2 + i
         return torch.cat(chunks)
 
@@ -290,16 +387,32 @@ class PCDartsLikeNet(DartsLikeNet):
 
 
 class PDartsLikeNet(_TinySearchNet):
-    """P-DARTS interface: nn.Parameter alphas (inside parameters()), op switches, dropout after skip."""
+    """P-DARTS interface: nn.Parameter alphas (inside parameters()), op switches, dropout after
+    skip."""
 
-    def __init__(self, C: int = 4, num_classes: int = 3, layers: int = 3, criterion: nn.Module | None = None,
-                 switches: Sequence[Sequence[bool]] | None = None, p: float = 0.0, steps: int = 2) -> None:
+    def __init__(
+        self,
+        C: int = 4,
+        num_classes: int = 3,
+        layers: int = 3,
+        criterion: nn.Module | None = None,
+        switches: Sequence[Sequence[bool]] | None = None,
+        p: float = 0.0,
+        steps: int = 2,
+    ) -> None:
         switches = switches if switches is not None else [[True] * len(OPS)] * _num_edges(steps)
         n_on = {sum(sw) for sw in switches}
         if len(n_on) != 1:
             raise ValueError("every edge must keep the same number of ops")
-        super().__init__(C, num_classes, layers, criterion or nn.CrossEntropyLoss(), steps=steps,
-                         switches=switches, skip_dropout=p)
+        super().__init__(
+            C,
+            num_classes,
+            layers,
+            criterion or nn.CrossEntropyLoss(),
+            steps=steps,
+            switches=switches,
+            skip_dropout=p,
+        )
         self.p = p
         self.update_p()
         k = _num_edges(steps)
@@ -325,7 +438,8 @@ class PDartsLikeNet(_TinySearchNet):
 def build(cls, *, seed: int = 0, dtype: torch.dtype = torch.float64, **kwargs) -> nn.Module:
     """A seeded fixture net on the test device in ``dtype``.
 
-    Leaf-tensor alphas do not follow ``.to()`` (the upstream quirk), so DARTS-like nets re-create them on the
+    Leaf-tensor alphas do not follow ``.to()`` (the upstream quirk), so DARTS-like nets re-create
+    them on the
     right device/dtype afterwards, as upstream creates them directly with ``.cuda()``.
     """
     torch.manual_seed(seed)
@@ -335,8 +449,16 @@ def build(cls, *, seed: int = 0, dtype: torch.dtype = torch.float64, **kwargs) -
     return net
 
 
-def make_batches(n_batches: int, batch: int = 8, *, size: int = 8, num_classes: int = 3, in_channels: int = 3,
-                 dtype: torch.dtype = torch.float64, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def make_batches(
+    n_batches: int,
+    batch: int = 8,
+    *,
+    size: int = 8,
+    num_classes: int = 3,
+    in_channels: int = 3,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Deterministic (inputs, targets) batches on the test device; targets depend on the inputs."""
     gen = torch.Generator().manual_seed(seed)
     out = []
@@ -349,28 +471,48 @@ def make_batches(n_batches: int, batch: int = 8, *, size: int = 8, num_classes: 
 
 def darts_args(**overrides) -> SimpleNamespace:
     """The fields the upstream DARTS train_search.py parser defines (and the Architect reads)."""
-    fields = dict(momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4, arch_weight_decay=1e-3,
-                  learning_rate=0.025, grad_clip=5.0, unrolled=False)
+    fields = dict(
+        momentum=0.9,
+        weight_decay=3e-4,
+        arch_learning_rate=3e-4,
+        arch_weight_decay=1e-3,
+        learning_rate=0.025,
+        grad_clip=5.0,
+        unrolled=False,
+    )
     fields.update(overrides)
     return SimpleNamespace(**fields)
 
 
 # ----------------------------------------------------------------------------------------- replays
-def upstream_first_order_grads(model: nn.Module, x_valid: torch.Tensor, y_valid: torch.Tensor) -> list[torch.Tensor]:
-    """What upstream ``_backward_step`` leaves in the alphas' ``.grad``: d L_val / d alpha at the current w."""
+def upstream_first_order_grads(
+    model: nn.Module, x_valid: torch.Tensor, y_valid: torch.Tensor
+) -> list[torch.Tensor]:
+    """What upstream ``_backward_step`` leaves in the alphas' ``.grad``: d L_val / d alpha at the
+    current w."""
     loss = model._loss(x_valid, y_valid)
     return [g.detach() for g in torch.autograd.grad(loss, model.arch_parameters())]
 
 
-def upstream_second_order_grads(model: DartsLikeNet, x_train: torch.Tensor, y_train: torch.Tensor,
-                                x_valid: torch.Tensor, y_valid: torch.Tensor, eta: float,
-                                network_optimizer: torch.optim.Optimizer, momentum: float, weight_decay: float,
-                                r: float = 1e-2) -> list[torch.Tensor]:
+def upstream_second_order_grads(
+    model: DartsLikeNet,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_valid: torch.Tensor,
+    y_valid: torch.Tensor,
+    eta: float,
+    network_optimizer: torch.optim.Optimizer,
+    momentum: float,
+    weight_decay: float,
+    r: float = 1e-2,
+) -> list[torch.Tensor]:
     """Independent re-statement of upstream's second-order DARTS step (the algorithm, not its code).
 
-    Flattens the weights, builds the unrolled w' = w - eta (momentum * buf + dL_train/dw + wd w) in a model made
+    Flattens the weights, builds the unrolled w' = w - eta (momentum * buf + dL_train/dw + wd w) in
+    a model made
     by ``new()``, takes d L_val(w') / d(alpha, w'), then the mixed product by central differences at
-    w +- R v, R = r / ||v||, on the original model, moving the weights through ``.data`` and back as upstream
+    w +- R v, R = r / ||v||, on the original model, moving the weights through ``.data`` and back as
+    upstream
     does (so w drifts by rounding and BN running stats move: run it on a copy).
     Returns the hypergradient dL_val(w')/dalpha - eta * B v.
     """
@@ -389,14 +531,14 @@ def upstream_second_order_grads(model: DartsLikeNet, x_train: torch.Tensor, y_tr
     state = model.state_dict()
     offset = 0
     for name, w in model.named_parameters():
-        state[name] = new_theta[offset:offset + w.numel()].view_as(w)
+        state[name] = new_theta[offset : offset + w.numel()].view_as(w)
         offset += w.numel()
     unrolled.load_state_dict(state)
     unrolled.train(model.training)
     val_loss = unrolled._loss(x_valid, y_valid)
     u_weights = list(unrolled.parameters())
     out = torch.autograd.grad(val_loss, list(unrolled.arch_parameters()) + u_weights)
-    dalpha, vector = out[:len(unrolled.arch_parameters())], out[len(unrolled.arch_parameters()):]
+    dalpha, vector = out[: len(unrolled.arch_parameters())], out[len(unrolled.arch_parameters()) :]
     radius = r / torch.cat([v.reshape(-1) for v in vector]).norm()
     with torch.no_grad():
         for w, v in zip(weights, vector):
@@ -409,12 +551,20 @@ def upstream_second_order_grads(model: DartsLikeNet, x_train: torch.Tensor, y_tr
     with torch.no_grad():
         for w, v in zip(weights, vector):
             w.add_(v, alpha=float(radius))
-    return [(da - eta * (gp - gm) / (2 * radius)).detach()
-            for da, gp, gm in zip(dalpha, g_plus, g_minus)]
+    return [
+        (da - eta * (gp - gm) / (2 * radius)).detach()
+        for da, gp, gm in zip(dalpha, g_plus, g_minus)
+    ]
 
 
-def pdarts_inline_alpha_step(model: nn.Module, optimizer_a: torch.optim.Optimizer, criterion: nn.Module,
-                             x_search: torch.Tensor, y_search: torch.Tensor, grad_clip: float) -> None:
+def pdarts_inline_alpha_step(
+    model: nn.Module,
+    optimizer_a: torch.optim.Optimizer,
+    criterion: nn.Module,
+    x_search: torch.Tensor,
+    y_search: torch.Tensor,
+    grad_clip: float,
+) -> None:
     """P-DARTS' inline alpha update: first-order backward through the wrapper, clip, Adam."""
     optimizer_a.zero_grad()
     loss_a = criterion(model(x_search), y_search)
@@ -424,7 +574,8 @@ def pdarts_inline_alpha_step(model: nn.Module, optimizer_a: torch.optim.Optimize
     optimizer_a.step()
 
 
-# -------------------------------------------------------------------- the fixtures have their quirks
+# -------------------------------------------------------------------- the fixtures have their
+# quirks
 def test_darts_like_alphas_are_unregistered_leaf_tensors():
     net = build(DartsLikeNet)
     alphas = net.arch_parameters()

@@ -1,4 +1,5 @@
 """``darts-amend patch-repo`` on generated fake checkouts (no network, no upstream code)."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,10 @@ from darts_amend.adapters.patch_repo import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# A tiny runnable stand-in for each repo's model_search.py: leaf-tensor alphas, _loss, and a new() that
+# A tiny runnable stand-in for each repo's model_search.py: leaf-tensor alphas, _loss, and a new()
+# that
 # raises, so a patched checkout proves the drop-in never needs it.
-_MODEL = '''\
+_MODEL = """\
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -48,13 +50,15 @@ class Network(nn.Module):
 
     def new(self):
         raise RuntimeError("new() must not be needed")
-'''
+"""
 _DARTS_EXTRA = "self._arch_parameters = [self.alphas_normal]\n"
-_PC_EXTRA = ("self.betas_normal = (1e-3 * torch.randn(1)).requires_grad_()\n"
-             "        self._arch_parameters = [self.alphas_normal, self.betas_normal]\n")
+_PC_EXTRA = (
+    "self.betas_normal = (1e-3 * torch.randn(1)).requires_grad_()\n"
+    "        self._arch_parameters = [self.alphas_normal, self.betas_normal]\n"
+)
 _PC_SCALE = "torch.sigmoid(self.betas_normal)"
 
-_SEARCH = '''\
+_SEARCH = """\
 import argparse
 import torch
 import torch.nn as nn
@@ -65,9 +69,9 @@ parser = argparse.ArgumentParser("cifar")
 parser.add_argument('--learning_rate', type=float, default=0.025, help='init learning rate')
 parser.add_argument('--momentum', type=float, default=0.9, help='momentum')
 parser.add_argument('--weight_decay', type=float, default=3e-4, help='weight decay')
-parser.add_argument('--unrolled', action='store_true', default=False, help='use one-step unrolled validation loss')
-parser.add_argument('--arch_learning_rate', type=float, default=3e-4, help='learning rate for arch encoding')
-parser.add_argument('--arch_weight_decay', type=float, default=1e-3, help='weight decay for arch encoding')
+parser.add_argument('--unrolled', action='store_true', default=False)
+parser.add_argument('--arch_learning_rate', type=float, default=3e-4)
+parser.add_argument('--arch_weight_decay', type=float, default=1e-3)
 args = parser.parse_args()
 
 torch.manual_seed(0)
@@ -87,10 +91,10 @@ for step in range(3):
     nn.utils.clip_grad_norm_(model.parameters(), 5.0)
     optimizer.step()
 moved = [not torch.equal(a, b) for a, b in zip(start, model.arch_parameters())]
-'''
+"""
 
 # Lines in the style of the upstream utils / scripts that break on modern PyTorch / numpy.
-_UTILS = '''\
+_UTILS = """\
 import numpy as np
 import torch
 
@@ -111,7 +115,7 @@ def log(objs, loss, n):
 
 def load(model, model_path):
   model.load_state_dict(torch.load(model_path))
-'''
+"""
 
 _UPSTREAM_ARCHITECT = '''\
 import torch
@@ -124,14 +128,14 @@ class Architect(object):
     raise RuntimeError("the original architect ran")
 '''
 
-_PDARTS_SEARCH = '''\
+_PDARTS_SEARCH = """\
 import argparse
 import torch
 import torch.nn as nn
 from model_search import Network
 
 parser = argparse.ArgumentParser("cifar")
-parser.add_argument('--arch_learning_rate', type=float, default=6e-4, help='learning rate for arch encoding')
+parser.add_argument('--arch_learning_rate', type=float, default=6e-4)
 args = parser.parse_args()
 
 
@@ -148,12 +152,13 @@ def train(input, target, input_search, target_search, model, criterion, optimize
     loss_a = criterion(model(input_search), target_search)
     loss_a.backward()
     optimizer_a.step()
-'''
+"""
 
 
 @pytest.fixture(autouse=True)
 def _one_intra_op_thread():
-    """The patched fake checkouts run real architect steps: one intra-op thread (restored afterwards)
+    """The patched fake checkouts run real architect steps: one intra-op thread (restored
+    afterwards)
     avoids OpenMP oversubscription on a loaded 2-core machine."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -162,7 +167,8 @@ def _one_intra_op_thread():
 
 
 def fake_checkout(root: Path, flavor: str) -> Path:
-    """Write a minimal checkout of ``flavor`` under ``root``; returns the folder holding train_search.py."""
+    """Write a minimal checkout of ``flavor`` under ``root``; returns the folder holding
+    train_search.py."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "README.md").write_text("fake checkout\n")
     if flavor == "darts":
@@ -175,7 +181,8 @@ def fake_checkout(root: Path, flavor: str) -> Path:
     else:
         d = root
         model = _MODEL.format(extra=_DARTS_EXTRA, scale="1.0").replace(
-            "class Network", "switches_normal = None\n\n\nclass Network")
+            "class Network", "switches_normal = None\n\n\nclass Network"
+        )
     (d / "model_search.py").write_text(model)
     (d / "utils.py").write_text(_UTILS)
     if flavor == "pdarts":
@@ -187,7 +194,9 @@ def fake_checkout(root: Path, flavor: str) -> Path:
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def call(path: Path, flavor: str, *extra: str) -> int:
@@ -255,11 +264,14 @@ def test_patch_backs_up_once_and_is_idempotent(tmp_path, capsys, flavor):
 def test_repatching_a_restored_upstream_file_keeps_the_first_backup(tmp_path, capsys):
     d = fake_checkout(tmp_path, "darts")
     assert call(d, "darts") == 0  # the cnn/ folder itself is accepted too
-    (d / "architect.py").write_text((d / "architect.py.orig").read_text())  # e.g. `git checkout architect.py`
+    (d / "architect.py").write_text(
+        (d / "architect.py.orig").read_text()
+    )  # e.g. `git checkout architect.py`
     assert call(tmp_path, "darts") == 0
     assert (d / "architect.py").read_text() == dropin_text("darts")
     assert (d / "architect.py.orig").read_text() == _UPSTREAM_ARCHITECT
-    # a user-edited architect with a different backup already present: refuse rather than lose either file
+    # a user-edited architect with a different backup already present: refuse rather than lose
+    # either file
     (d / "architect.py").write_text(_UPSTREAM_ARCHITECT + "# my change\n")
     before = tree(tmp_path)
     capsys.readouterr()
@@ -331,7 +343,10 @@ def test_a_patched_checkout_runs_with_the_new_flag(tmp_path, monkeypatch, flavor
         for name in ("architect", "model_search"):
             sys.modules.pop(name, None)
     architect = result["architect"]
-    assert type(architect).__module__ == f"darts_amend.adapters.{dict(darts='darts', pc_darts='pc_darts')[flavor]}"
+    assert (
+        type(architect).__module__
+        == f"darts_amend.adapters.{dict(darts='darts', pc_darts='pc_darts')[flavor]}"
+    )
     assert architect.amend_eta == float(eta)
     assert all(result["moved"])
     assert len(result["model"].arch_parameters()) == (2 if flavor == "pc_darts" else 1)
@@ -352,7 +367,9 @@ def test_unrolled_without_the_unrolled_estimator_is_refused_at_start(tmp_path, m
             sys.modules.pop(name, None)
 
 
-@pytest.mark.parametrize("flavor,folder", [("darts", "darts"), ("pc_darts", "pc_darts"), ("pdarts", "pdarts")])
+@pytest.mark.parametrize(
+    "flavor,folder", [("darts", "darts"), ("pc_darts", "pc_darts"), ("pdarts", "pdarts")]
+)
 def test_integration_files_match_what_patch_repo_writes(flavor, folder):
     base = REPO_ROOT / "integrations" / folder
     assert (base / "architect.py").read_text() == dropin_text(flavor)

@@ -1,12 +1,16 @@
-"""The upstream ``Architect`` interface (quark0/darts, PC-DARTS, P-DARTS) on top of :class:`AmendedArchitect`.
+"""The upstream ``Architect`` interface (quark0/darts, PC-DARTS, P-DARTS) on top of
+:class:`AmendedArchitect`.
 
 Upstream's contract, kept exactly::
 
     architect = Architect(model, args)
-    architect.step(input_train, target_train, input_valid, target_valid, eta, network_optimizer, unrolled)
+    architect.step(input_train, target_train, input_valid, target_valid, eta, network_optimizer,
+    unrolled)
 
-``args`` fields read (as upstream): ``momentum`` and ``weight_decay`` (of the weight SGD, used by the unrolled
-step), ``arch_learning_rate`` and ``arch_weight_decay`` (Adam on the alphas, betas fixed at (0.5, 0.999)).
+``args`` fields read (as upstream): ``momentum`` and ``weight_decay`` (of the weight SGD, used by
+the unrolled
+step), ``arch_learning_rate`` and ``arch_weight_decay`` (Adam on the alphas, betas fixed at (0.5,
+0.999)).
 Added, all optional (absent or ``None`` = default):
 
 * ``amend_estimator``: ``amended`` (default), ``first_order``, ``unrolled``, ``implicit_cg``,
@@ -14,18 +18,25 @@ Added, all optional (absent or ``None`` = default):
 * ``amend_eta``: the amending coefficient of ``amended`` (default 0.1; 0 = first-order DARTS);
 * ``amend_mode``: ``exact`` (default) or ``finite_difference`` for the Hessian products.
 
-``unrolled`` (the loop's flag) must agree with the estimator: ``unrolled=True`` means second-order DARTS, which
-is ``amend_estimator=unrolled``; then ``eta`` is its xi (the weight learning rate) and the momentum buffers are
-read from ``network_optimizer.state`` (per weight; a weight without a buffer contributes no momentum -- upstream
-drops momentum for every weight in that case, inside a bare ``except``). Contradictions are errors, raised
+``unrolled`` (the loop's flag) must agree with the estimator: ``unrolled=True`` means second-order
+DARTS, which
+is ``amend_estimator=unrolled``; then ``eta`` is its xi (the weight learning rate) and the momentum
+buffers are
+read from ``network_optimizer.state`` (per weight; a weight without a buffer contributes no momentum
+-- upstream
+drops momentum for every weight in that case, inside a bare ``except``). Contradictions are errors,
+raised
 before anything changes, so no flag is silently ignored.
 
 Differences from upstream, all deliberate: the hypergradient is computed on the unwrapped module
-(DataParallel / DDP) and all-reduced by :class:`AmendedArchitect` under torch.distributed; weights and
+(DataParallel / DDP) and all-reduced by :class:`AmendedArchitect` under torch.distributed; weights
+and
 BatchNorm running statistics are left bit-exactly as found (upstream's first-order backward and its
-finite-difference step move the running statistics, and its ``.data`` perturbation drifts the weights by
+finite-difference step move the running statistics, and its ``.data`` perturbation drifts the
+weights by
 rounding); ``model.new()`` is never called; nothing is moved with ``.cuda()``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,38 +60,51 @@ _ADAM_BETAS = (0.5, 0.999)  # fixed in every upstream architect
 
 def _required(args: Any, name: str) -> Any:
     if not hasattr(args, name):
-        raise ValueError(f"args has no {name!r}: the upstream Architect reads args.{name} (add it to the "
-                         "train_search.py parser or to the namespace you pass)")
+        raise ValueError(
+            f"args has no {name!r}: the upstream Architect reads args.{name} (add it to the "
+            "train_search.py parser or to the namespace you pass)"
+        )
     return getattr(args, name)
 
 
 def _finite(name: str, value: Any, *, positive: bool = False) -> float:
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
     if not ok or value < 0 or (positive and value == 0):
-        raise ValueError(f"invalid {name}: {value!r} (must be a finite number {'> 0' if positive else '>= 0'})")
+        raise ValueError(
+            f"invalid {name}: {value!r} (must be a finite number {'> 0' if positive else '>= 0'})"
+        )
     return float(value)
 
 
 def read_amend_options(args: Any) -> tuple[str, dict[str, Any]]:
-    """``(estimator, estimator_options)`` from ``args.amend_*``; ValueError for a flag that would do nothing."""
+    """``(estimator, estimator_options)`` from ``args.amend_*``; ValueError for a flag that would do
+    nothing."""
     estimator = getattr(args, "amend_estimator", None)
     estimator = "amended" if estimator is None else estimator
     if estimator not in ESTIMATORS:
-        raise ValueError(f"invalid amend_estimator {estimator!r}; valid names: {', '.join(ESTIMATORS)}")
+        raise ValueError(
+            f"invalid amend_estimator {estimator!r}; valid names: {', '.join(ESTIMATORS)}"
+        )
     options: dict[str, Any] = {}
     eta = getattr(args, "amend_eta", None)
     if estimator == "amended":
         options["eta"] = 0.1 if eta is None else _finite("amend_eta", eta)
     elif eta is not None:
-        raise ValueError(f"amend_eta={eta!r} is only used by amend_estimator 'amended', not {estimator!r}")
+        raise ValueError(
+            f"amend_eta={eta!r} is only used by amend_estimator 'amended', not {estimator!r}"
+        )
     mode = getattr(args, "amend_mode", None)
     if mode is not None:
         if mode not in MODES:
             raise ValueError(f"invalid amend_mode {mode!r}; expected one of {', '.join(MODES)}")
         if estimator == "first_order":
-            raise ValueError("amend_mode does nothing for amend_estimator 'first_order' (no Hessian products)")
+            raise ValueError(
+                "amend_mode does nothing for amend_estimator 'first_order' (no Hessian products)"
+            )
         if estimator == "amended" and options["eta"] == 0.0:
-            raise ValueError("amend_mode does nothing with amend_eta=0 (first-order DARTS: no Hessian products)")
+            raise ValueError(
+                "amend_mode does nothing with amend_eta=0 (first-order DARTS: no Hessian products)"
+            )
         options["mode"] = mode
     return estimator, options
 
@@ -90,7 +114,8 @@ class UpstreamArchitect:
 
     #: Name used in messages.
     flavor: ClassVar[str] = "DARTS"
-    #: Clip the alpha hypergradient to ``args.grad_clip`` before the Adam step (P-DARTS' inline update does).
+    #: Clip the alpha hypergradient to ``args.grad_clip`` before the Adam step (P-DARTS' inline
+    # update does).
     clips_alpha_gradient: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, args: Any) -> None:
@@ -99,7 +124,9 @@ class UpstreamArchitect:
         self.model = model
         self.network_momentum = _finite("args.momentum", _required(args, "momentum"))
         self.network_weight_decay = _finite("args.weight_decay", _required(args, "weight_decay"))
-        arch_lr = _finite("args.arch_learning_rate", _required(args, "arch_learning_rate"), positive=True)
+        arch_lr = _finite(
+            "args.arch_learning_rate", _required(args, "arch_learning_rate"), positive=True
+        )
         arch_wd = _finite("args.arch_weight_decay", _required(args, "arch_weight_decay"))
         self.grad_clip: float | None = None
         if self.clips_alpha_gradient:
@@ -107,12 +134,20 @@ class UpstreamArchitect:
         self.estimator, options = read_amend_options(args)
         self.amend_eta: float | None = options.get("eta")
         self.amend_mode: str | None = options.get("mode")
-        if getattr(args, "unrolled", None) is not None:  # DARTS / PC-DARTS parsers define --unrolled
+        if (
+            getattr(args, "unrolled", None) is not None
+        ):  # DARTS / PC-DARTS parsers define --unrolled
             self._check_unrolled(bool(args.unrolled), where="args.unrolled")
         self._net = unwrap_model(model)
         self._alphas, self._weights = split_parameters(self._net)
-        self._architect = AmendedArchitect(self._net, estimator=self.estimator, lr=arch_lr, betas=_ADAM_BETAS,
-                                           weight_decay=arch_wd, **options)
+        self._architect = AmendedArchitect(
+            self._net,
+            estimator=self.estimator,
+            lr=arch_lr,
+            betas=_ADAM_BETAS,
+            weight_decay=arch_wd,
+            **options,
+        )
         #: The alpha optimizer (Adam), as upstream's ``architect.optimizer``.
         self.optimizer = self._architect.optimizer
         if self.grad_clip is not None:
@@ -120,38 +155,57 @@ class UpstreamArchitect:
         self._known_optimizer: torch.optim.Optimizer | None = None
         #: StepInfo of the last step (losses, term norms, cosine), or None before the first step.
         self.last_info: Any = None
-        logger.info("%s architect: estimator=%s %s (Adam lr=%g, wd=%g)", self.flavor, self.estimator,
-                    options or "", arch_lr, arch_wd)
+        logger.info(
+            "%s architect: estimator=%s %s (Adam lr=%g, wd=%g)",
+            self.flavor,
+            self.estimator,
+            options or "",
+            arch_lr,
+            arch_wd,
+        )
 
     # ------------------------------------------------------------------------------ validation
     def _check_unrolled(self, unrolled: bool, *, where: str = "unrolled") -> None:
         if unrolled and self.estimator != "unrolled":
-            raise ValueError(f"{where}=True asks for second-order DARTS, but amend_estimator is "
-                             f"{self.estimator!r}: drop --unrolled, or pass --amend_estimator unrolled")
+            raise ValueError(
+                f"{where}=True asks for second-order DARTS, but amend_estimator is "
+                f"{self.estimator!r}: drop --unrolled, or pass --amend_estimator unrolled"
+            )
         if not unrolled and self.estimator == "unrolled":
-            raise ValueError(f"amend_estimator 'unrolled' is second-order DARTS and needs {where}=True "
-                             "(pass --unrolled)")
+            raise ValueError(
+                f"amend_estimator 'unrolled' is second-order DARTS and needs {where}=True "
+                "(pass --unrolled)"
+            )
 
     def _check_optimizer(self, optimizer: Any) -> None:
         if optimizer is None or optimizer is self._known_optimizer:
             return
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"network_optimizer must be a torch.optim.Optimizer (or None), "
-                            f"got {type(optimizer).__name__}")
+            raise TypeError(
+                f"network_optimizer must be a torch.optim.Optimizer (or None), "
+                f"got {type(optimizer).__name__}"
+            )
         ours = {id(w) for w in self._weights}
         if not any(id(p) in ours for group in optimizer.param_groups for p in group["params"]):
-            raise ValueError("network_optimizer optimizes none of this model's weights: was the Architect "
-                             "created for an earlier network (P-DARTS rebuilds it at every stage)? "
-                             "Create Architect(model, args) after building the new network")
+            raise ValueError(
+                "network_optimizer optimizes none of this model's weights: was the Architect "
+                "created for an earlier network (P-DARTS rebuilds it at every stage)? "
+                "Create Architect(model, args) after building the new network"
+            )
         self._known_optimizer = optimizer
 
-    def _momentum_buffers(self, optimizer: torch.optim.Optimizer | None) -> list[Tensor | None] | None:
-        """The weight optimizer's momentum buffers, aligned with the weights, from its public per-parameter state."""
+    def _momentum_buffers(
+        self, optimizer: torch.optim.Optimizer | None
+    ) -> list[Tensor | None] | None:
+        """The weight optimizer's momentum buffers, aligned with the weights, from its public
+        per-parameter state."""
         if optimizer is None or self.network_momentum == 0.0:
             return None
         buffers: list[Tensor | None] = []
         for w in self._weights:
-            state = optimizer.state.get(w)  # .get: never creates an entry in the optimizer's defaultdict
+            state = optimizer.state.get(
+                w
+            )  # .get: never creates an entry in the optimizer's defaultdict
             buffers.append(None if state is None else state.get("momentum_buffer"))
         return buffers
 
@@ -159,13 +213,23 @@ class UpstreamArchitect:
         nn.utils.clip_grad_norm_(self._alphas, self.grad_clip)
 
     # ------------------------------------------------------------------------------ upstream API
-    def step(self, input_train: Tensor, target_train: Tensor, input_valid: Tensor, target_valid: Tensor,
-             eta: float, network_optimizer: torch.optim.Optimizer | None, unrolled: bool | None = None) -> Any:
+    def step(
+        self,
+        input_train: Tensor,
+        target_train: Tensor,
+        input_valid: Tensor,
+        target_valid: Tensor,
+        eta: float,
+        network_optimizer: torch.optim.Optimizer | None,
+        unrolled: bool | None = None,
+    ) -> Any:
         """One alpha update, with upstream's arguments.
 
         ``eta`` is the current weight learning rate (the xi of the unrolled step; unused otherwise),
-        ``network_optimizer`` the weight optimizer (its momentum buffers feed the unrolled step), ``unrolled``
-        upstream's flag (``None``: follow ``amend_estimator``). Returns the core ``StepInfo`` (upstream
+        ``network_optimizer`` the weight optimizer (its momentum buffers feed the unrolled step),
+        ``unrolled``
+        upstream's flag (``None``: follow ``amend_estimator``). Returns the core ``StepInfo``
+        (upstream
         returns nothing; the value is also kept in ``last_info``).
         """
         if unrolled is not None:
@@ -174,11 +238,15 @@ class UpstreamArchitect:
         options: dict[str, Any] = {}
         if self.estimator == "unrolled":
             xi = float(eta.item() if isinstance(eta, Tensor) else eta)
-            options = dict(xi=_finite("eta (the weight learning rate)", xi, positive=True),
-                           momentum=self.network_momentum,
-                           momentum_buffers=self._momentum_buffers(network_optimizer),
-                           weight_decay=self.network_weight_decay)
-        self.last_info = self._architect.step((input_train, target_train), (input_valid, target_valid), **options)
+            options = dict(
+                xi=_finite("eta (the weight learning rate)", xi, positive=True),
+                momentum=self.network_momentum,
+                momentum_buffers=self._momentum_buffers(network_optimizer),
+                weight_decay=self.network_weight_decay,
+            )
+        self.last_info = self._architect.step(
+            (input_train, target_train), (input_valid, target_valid), **options
+        )
         return self.last_info
 
     # ------------------------------------------------------------------------------ extras

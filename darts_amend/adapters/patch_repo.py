@@ -3,17 +3,24 @@
 What it does, in order, and only after every check passed (nothing is written when a check fails):
 
 1. checks that PATH is a checkout of the named flavor (the files and the markers its scripts have);
-2. backs up ``architect.py`` to ``architect.py.orig`` (once: an existing backup is never overwritten) and
-   writes the drop-in ``architect.py`` (a few lines importing ``darts_amend.adapters.<flavor>.Architect``);
-3. backs up ``train_search.py`` to ``train_search.py.orig`` (once) and inserts the ``--amend_*`` argparse
-   flags just before ``args = parser.parse_args()``, inside a marked block that is never added twice;
-4. scans the checkout's scripts for lines that break on modern PyTorch / numpy and reports each with its fix
+2. backs up ``architect.py`` to ``architect.py.orig`` (once: an existing backup is never
+overwritten) and
+   writes the drop-in ``architect.py`` (a few lines importing
+   ``darts_amend.adapters.<flavor>.Architect``);
+3. backs up ``train_search.py`` to ``train_search.py.orig`` (once) and inserts the ``--amend_*``
+argparse
+   flags just before ``args = parser.parse_args()``, inside a marked block that is never added
+   twice;
+4. scans the checkout's scripts for lines that break on modern PyTorch / numpy and reports each with
+its fix
    (it does not edit them: they are the user's training scripts);
 5. prints the flags to pass and, for P-DARTS, the edit that replaces its inline alpha update.
 
-The logic lives in functions that return data (``plan_patch``, ``apply_patch``, ``scan_compat``); only
+The logic lives in functions that return data (``plan_patch``, ``apply_patch``, ``scan_compat``);
+only
 ``run`` prints, because it is the CLI's sub-command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,54 +58,71 @@ class CheckoutError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Flavor:
-    name: str                     # CLI name: darts | pc_darts | pdarts
-    repo: str                     # upstream GitHub repository
-    module: str                   # darts_amend.adapters.<module>
-    subdir: str                   # where train_search.py lives inside the repository ("" = root)
-    search_markers: tuple[str, ...]   # must all occur in train_search.py
-    model_markers: tuple[str, ...]    # must all occur in model_search.py
-    model_antimarkers: tuple[str, ...]  # must not occur in model_search.py (tells the flavors apart)
-    has_architect: bool           # upstream ships an architect.py
-    run_command: str              # what to run afterwards
+    name: str  # CLI name: darts | pc_darts | pdarts
+    repo: str  # upstream GitHub repository
+    module: str  # darts_amend.adapters.<module>
+    subdir: str  # where train_search.py lives inside the repository ("" = root)
+    search_markers: tuple[str, ...]  # must all occur in train_search.py
+    model_markers: tuple[str, ...]  # must all occur in model_search.py
+    model_antimarkers: tuple[
+        str, ...
+    ]  # must not occur in model_search.py (tells the flavors apart)
+    has_architect: bool  # upstream ships an architect.py
+    run_command: str  # what to run afterwards
 
 
 FLAVORS: dict[str, Flavor] = {
     "darts": Flavor(
-        name="darts", repo="quark0/darts", module="darts", subdir="cnn",
+        name="darts",
+        repo="quark0/darts",
+        module="darts",
+        subdir="cnn",
         search_markers=("from architect import Architect", "architect.step("),
-        model_markers=("def arch_parameters", "alphas_normal"), model_antimarkers=("betas_normal",),
+        model_markers=("def arch_parameters", "alphas_normal"),
+        model_antimarkers=("betas_normal",),
         has_architect=True,
         run_command="cd {dir} && python train_search.py --amend_eta 0.1",
     ),
     "pc_darts": Flavor(
-        name="pc_darts", repo="yuhuixu1993/PC-DARTS", module="pc_darts", subdir="",
+        name="pc_darts",
+        repo="yuhuixu1993/PC-DARTS",
+        module="pc_darts",
+        subdir="",
         search_markers=("from architect import Architect", "architect.step("),
-        model_markers=("def arch_parameters", "betas_normal"), model_antimarkers=(),
+        model_markers=("def arch_parameters", "betas_normal"),
+        model_antimarkers=(),
         has_architect=True,
         run_command="cd {dir} && python train_search.py --amend_eta 0.1",
     ),
     "pdarts": Flavor(
-        name="pdarts", repo="chenxin061/pdarts", module="p_darts", subdir="",
+        name="pdarts",
+        repo="chenxin061/pdarts",
+        module="p_darts",
+        subdir="",
         search_markers=("optimizer_a", "switches_normal", "arch_parameters()"),
-        model_markers=("def arch_parameters", "switches_normal"), model_antimarkers=(),
+        model_markers=("def arch_parameters", "switches_normal"),
+        model_antimarkers=(),
         has_architect=False,
-        run_command="cd {dir} && python train_search.py --amend_eta 0.1 --add_layers 6 --add_layers 12 "
-                    "--dropout_rate 0.1 --dropout_rate 0.4 --dropout_rate 0.7",
+        run_command="cd {dir} && python train_search.py --amend_eta 0.1 "
+        "--add_layers 6 --add_layers 12 "
+        "--dropout_rate 0.1 --dropout_rate 0.4 --dropout_rate 0.7",
     ),
 }
 
-# The P-DARTS edit (train_search.py): one architect per stage, replacing the inline first-order update.
+# The P-DARTS edit (train_search.py): one architect per stage, replacing the inline first-order
+# update.
 PDARTS_EDIT = """\
 In train_search.py (P-DARTS), three edits:
 
 1. imports, next to `from model_search import Network`:
 +from architect import Architect
 
-2. in main(), inside the stage loop, right after `optimizer_a = torch.optim.Adam(...)` (the network and its
-   alphas are rebuilt at every stage, so the architect must be re-created there too):
+2. in main(), inside the stage loop, right after `optimizer_a = torch.optim.Adam(...)`
+   (the network and its alphas are rebuilt at every stage, so the architect must be
+   re-created there too):
 +        architect = Architect(model, args)
-   and in both calls `train(train_queue, valid_queue, model, network_params, criterion, optimizer, optimizer_a,
-   lr, train_arch=...)` replace `optimizer_a` by `architect`.
+   and in both calls `train(train_queue, valid_queue, model, network_params, criterion,
+   optimizer, optimizer_a, lr, train_arch=...)` replace `optimizer_a` by `architect`.
 
 3. in train(), rename the parameter `optimizer_a` to `architect` and replace the inline update
 -            optimizer_a.zero_grad()
@@ -107,36 +131,75 @@ In train_search.py (P-DARTS), three edits:
 -            loss_a.backward()
 -            nn.utils.clip_grad_norm_(model.module.arch_parameters(), args.grad_clip)
 -            optimizer_a.step()
-+            architect.step(input, target, input_search, target_search, lr, optimizer, unrolled=False)
++            architect.step(input, target, input_search, target_search, lr, optimizer,
++                           unrolled=False)
    (the P-DARTS architect clips the alpha gradient to args.grad_clip, as the inline update did).
 """
 
 # (regex, what breaks, the change). Checked line by line on the checkout's *.py files.
 _COMPAT_RULES: tuple[tuple[str, str, str], ...] = (
-    (r"\.cuda\(\s*async\s*=", "SyntaxError on Python >= 3.7 (`async` is a keyword)",
-     "use `.cuda(non_blocking=True)`, or `.to(device, non_blocking=True)` to also run on CPU"),
-    (r"\.data\[0\]", "IndexError: invalid index of a 0-dim tensor (PyTorch >= 0.5)",
-     "use `.item()`"),
-    (r"np\.sum\((?!\s*\[).*\bfor\b.*\bin\b",
-     "TypeError with numpy >= 2: np.sum() of a generator",
-     "use the builtin `sum(...)` (or np.sum over a list)"),
-    (r"\]\.view\(-1\)", "RuntimeError: view() of a non-contiguous slice (PyTorch >= 1.x)",
-     "use `.reshape(-1)`"),
-    (r"volatile\s*=\s*True", "no effect since PyTorch 0.4 (UserWarning): evaluation builds autograd graphs",
-     "drop `Variable(...)` and wrap the evaluation loop in `with torch.no_grad():`"),
-    (r"torch\.cuda\.\w*Tensor\(", "needs a CUDA device",
-     "create the tensor on the input's device, e.g. `torch.empty(n, 1, 1, 1, device=x.device)`"),
-    (r"torch\.cuda\.is_available\(\)", "the script exits when there is no GPU",
-     "remove the `sys.exit(1)` branch to run on CPU, and pick `device = torch.device('cuda' if "
-     "torch.cuda.is_available() else 'cpu')`"),
-    (r"torch\.cuda\.set_device\(", "fails without CUDA", "guard it with `if torch.cuda.is_available():`"),
-    (r"\.cuda\(", "fails without a GPU", "use `.to(device)` with the device chosen once at start-up"),
-    (r"\.get_lr\(\)", "since PyTorch 1.4, get_lr() after scheduler.step() re-applies the schedule "
-     "(wrong value, UserWarning); the DARTS loops pass this lr as the unrolled step's xi",
-     "use `scheduler.get_last_lr()[0]`"),
-    (r"nn\.utils\.clip_grad_norm\(", "deprecated (FutureWarning)", "use `nn.utils.clip_grad_norm_`"),
-    (r"torch\.load\((?!.*map_location)", "GPU-saved checkpoints do not load on a CPU-only machine",
-     "pass `map_location=device` (and `weights_only=True` for state dicts)"),
+    (
+        r"\.cuda\(\s*async\s*=",
+        "SyntaxError on Python >= 3.7 (`async` is a keyword)",
+        "use `.cuda(non_blocking=True)`, or `.to(device, non_blocking=True)` to also run on CPU",
+    ),
+    (
+        r"\.data\[0\]",
+        "IndexError: invalid index of a 0-dim tensor (PyTorch >= 0.5)",
+        "use `.item()`",
+    ),
+    (
+        r"np\.sum\((?!\s*\[).*\bfor\b.*\bin\b",
+        "TypeError with numpy >= 2: np.sum() of a generator",
+        "use the builtin `sum(...)` (or np.sum over a list)",
+    ),
+    (
+        r"\]\.view\(-1\)",
+        "RuntimeError: view() of a non-contiguous slice (PyTorch >= 1.x)",
+        "use `.reshape(-1)`",
+    ),
+    (
+        r"volatile\s*=\s*True",
+        "no effect since PyTorch 0.4 (UserWarning): evaluation builds autograd graphs",
+        "drop `Variable(...)` and wrap the evaluation loop in `with torch.no_grad():`",
+    ),
+    (
+        r"torch\.cuda\.\w*Tensor\(",
+        "needs a CUDA device",
+        "create the tensor on the input's device, e.g. `torch.empty(n, 1, 1, 1, device=x.device)`",
+    ),
+    (
+        r"torch\.cuda\.is_available\(\)",
+        "the script exits when there is no GPU",
+        "remove the `sys.exit(1)` branch to run on CPU, and pick `device = torch.device('cuda' if "
+        "torch.cuda.is_available() else 'cpu')`",
+    ),
+    (
+        r"torch\.cuda\.set_device\(",
+        "fails without CUDA",
+        "guard it with `if torch.cuda.is_available():`",
+    ),
+    (
+        r"\.cuda\(",
+        "fails without a GPU",
+        "use `.to(device)` with the device chosen once at start-up",
+    ),
+    (
+        r"\.get_lr\(\)",
+        "since PyTorch 1.4, get_lr() after scheduler.step() re-applies the schedule "
+        "(wrong value, UserWarning); the DARTS loops pass this lr as the unrolled step's xi",
+        "use `scheduler.get_last_lr()[0]`",
+    ),
+    (
+        r"nn\.utils\.clip_grad_norm\(",
+        "deprecated (FutureWarning)",
+        "use `nn.utils.clip_grad_norm_`",
+    ),
+    (
+        r"torch\.load\((?!.*map_location)",
+        "GPU-saved checkpoints do not load on a CPU-only machine",
+        "pass `map_location=device` (and `weights_only=True` for state dicts)",
+    ),
 )
 
 
@@ -154,12 +217,12 @@ class PatchPlan:
     """What ``apply_patch`` will do; every field is decided before anything is written."""
 
     flavor: Flavor
-    directory: Path                 # the folder holding train_search.py
+    directory: Path  # the folder holding train_search.py
     architect: Path
-    architect_action: str           # "write" | "update" | "keep"
-    architect_backup: Path | None   # backup to create (None: none needed or one exists already)
+    architect_action: str  # "write" | "update" | "keep"
+    architect_backup: Path | None  # backup to create (None: none needed or one exists already)
     search_script: Path
-    flags_action: str               # "insert" | "keep"
+    flags_action: str  # "insert" | "keep"
     search_backup: Path | None
     new_search_text: str | None
 
@@ -169,17 +232,20 @@ class PatchPlan:
 
 
 def dropin_text(flavor: str) -> str:
-    """The drop-in ``architect.py`` for a flavor (identical to integrations/<flavor>/architect.py)."""
+    """The drop-in ``architect.py`` for a flavor (identical to
+    integrations/<flavor>/architect.py)."""
     f = _flavor(flavor)
     return (
         f"{DROPIN_MARKER} for {f.repo} (https://github.com/{f.repo}).\n"
-        "# Written by `darts-amend patch-repo` (or copied from darts-amend's integrations/ folder); the\n"
-        "# original file, if there was one, is kept next to it as architect.py.orig.\n"
-        f'"""Amended-DARTS architect: the upstream interface, backed by darts_amend.adapters.{f.module}.\n'
+        "# Written by `darts-amend patch-repo` (or copied from darts-amend's integrations/\n"
+        "# folder); the original file, if there was one, is kept next to it as architect.py.orig.\n"
+        '"""Amended-DARTS architect with the upstream interface, backed by\n'
+        f"darts_amend.adapters.{f.module}.\n"
         "\n"
-        "Flags read from args: --amend_eta (amending coefficient, default 0.1; 0 = first-order DARTS),\n"
-        "--amend_estimator (default amended; `unrolled` together with --unrolled is second-order DARTS),\n"
-        "--amend_mode (exact | finite_difference). Needs `pip install darts-amend`.\n"
+        "Flags read from args: --amend_eta (amending coefficient, default 0.1; 0 = first-order\n"
+        "DARTS), --amend_estimator (default amended; `unrolled` together with --unrolled is\n"
+        "second-order DARTS), --amend_mode (exact | finite_difference).\n"
+        "Needs `pip install darts-amend`.\n"
         '"""\n'
         f"from darts_amend.adapters.{f.module} import Architect\n"
         "\n"
@@ -188,7 +254,8 @@ def dropin_text(flavor: str) -> str:
 
 
 def flags_block(indent: str = "") -> str:
-    """The argparse lines patch-repo inserts into train_search.py (with the checkout's indentation)."""
+    """The argparse lines patch-repo inserts into train_search.py (with the checkout's
+    indentation)."""
     from darts_amend.estimators import ESTIMATORS  # lazy: keeps `darts-amend --help` light
 
     choices = ", ".join(repr(name) for name in ESTIMATORS)
@@ -198,7 +265,8 @@ def flags_block(indent: str = "") -> str:
         "help='Amended-DARTS amending coefficient eta (default 0.1; 0 = first-order DARTS)')",
         f"parser.add_argument('--amend_estimator', type=str, default=None, choices=[{choices}], "
         "help='hypergradient estimator (default amended)')",
-        "parser.add_argument('--amend_mode', type=str, default=None, choices=['exact', 'finite_difference'], "
+        "parser.add_argument('--amend_mode', type=str, default=None, "
+        "choices=['exact', 'finite_difference'], "
         "help='Hessian products: exact (double backward, default) or finite_difference')",
         FLAGS_END,
     ]
@@ -217,7 +285,8 @@ def _read(path: Path) -> str:
 
 
 def locate_checkout(path: str | Path, flavor: str) -> Path:
-    """The folder of ``path`` holding the flavor's train_search.py; CheckoutError (naming what is missing)."""
+    """The folder of ``path`` holding the flavor's train_search.py; CheckoutError (naming what is
+    missing)."""
     f = _flavor(flavor)
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -226,40 +295,57 @@ def locate_checkout(path: str | Path, flavor: str) -> Path:
     directory = next((c for c in candidates if (c / "train_search.py").is_file()), None)
     where = f"{root}/{f.subdir}" if f.subdir else str(root)
     if directory is None:
-        hint = ("; it looks like quark0/darts: use --flavor darts"
-                if f.name != "darts" and (root / "cnn" / "train_search.py").is_file() else "")
-        raise CheckoutError(f"{where} has no train_search.py: not a {f.repo} checkout (--flavor {f.name}){hint}")
+        hint = (
+            "; it looks like quark0/darts: use --flavor darts"
+            if f.name != "darts" and (root / "cnn" / "train_search.py").is_file()
+            else ""
+        )
+        raise CheckoutError(
+            f"{where} has no train_search.py: not a {f.repo} checkout (--flavor {f.name}){hint}"
+        )
     model_file = directory / "model_search.py"
     if not model_file.is_file():
-        raise CheckoutError(f"{directory} has no model_search.py: not a {f.repo} checkout (--flavor {f.name})")
+        raise CheckoutError(
+            f"{directory} has no model_search.py: not a {f.repo} checkout (--flavor {f.name})"
+        )
     search, model = _read(directory / "train_search.py"), _read(model_file)
     missing = [m for m in f.search_markers if m not in search]
     if missing:
-        raise CheckoutError(f"{directory / 'train_search.py'} does not look like {f.repo}'s: "
-                            f"missing {', '.join(repr(m) for m in missing)} (--flavor {f.name})")
+        raise CheckoutError(
+            f"{directory / 'train_search.py'} does not look like {f.repo}'s: "
+            f"missing {', '.join(repr(m) for m in missing)} (--flavor {f.name})"
+        )
     missing = [m for m in f.model_markers if m not in model]
     if missing:
-        raise CheckoutError(f"{model_file} does not look like {f.repo}'s: missing "
-                            f"{', '.join(repr(m) for m in missing)} (--flavor {f.name})")
+        raise CheckoutError(
+            f"{model_file} does not look like {f.repo}'s: missing "
+            f"{', '.join(repr(m) for m in missing)} (--flavor {f.name})"
+        )
     clash = [m for m in f.model_antimarkers if m in model]
     if clash:
         hint = "; it looks like PC-DARTS: use --flavor pc_darts" if "betas_normal" in clash else ""
-        raise CheckoutError(f"{model_file} has {', '.join(repr(m) for m in clash)}, which {f.repo} does not"
-                            f"{hint}")
+        raise CheckoutError(
+            f"{model_file} has {', '.join(repr(m) for m in clash)}, which {f.repo} does not{hint}"
+        )
     if f.has_architect and not (directory / "architect.py").is_file():
-        raise CheckoutError(f"{directory} has no architect.py: not a {f.repo} checkout (--flavor {f.name})")
+        raise CheckoutError(
+            f"{directory} has no architect.py: not a {f.repo} checkout (--flavor {f.name})"
+        )
     return directory
 
 
 def _backup_for(path: Path, current: str) -> Path | None:
-    """The backup to write before replacing ``path`` (None if an identical backup exists); refuses to lose data."""
+    """The backup to write before replacing ``path`` (None if an identical backup exists); refuses
+    to lose data."""
     backup = path.with_name(path.name + BACKUP_SUFFIX)
     if not backup.exists():
         return backup
     if _read(backup) == current:
         return None
-    raise CheckoutError(f"{path} differs from its backup {backup} and is not darts-amend's version; "
-                        f"move the backup away (or restore {path.name} from it) and run patch-repo again")
+    raise CheckoutError(
+        f"{path} differs from its backup {backup} and is not darts-amend's version; "
+        f"move the backup away (or restore {path.name} from it) and run patch-repo again"
+    )
 
 
 def _insert_flags(text: str, path: Path) -> str:
@@ -268,11 +354,14 @@ def _insert_flags(text: str, path: Path) -> str:
         match = re.match(r"(\s*)args\s*=\s*parser\.parse_args\(", line)
         if match:
             return "".join(lines[:i]) + flags_block(match.group(1)) + "".join(lines[i:])
-    raise CheckoutError(f"{path} has no `args = parser.parse_args()` line to put the --amend_* flags before")
+    raise CheckoutError(
+        f"{path} has no `args = parser.parse_args()` line to put the --amend_* flags before"
+    )
 
 
 def plan_patch(path: str | Path, flavor: str) -> PatchPlan:
-    """Decide everything ``apply_patch`` will do; raises CheckoutError before anything is written."""
+    """Decide everything ``apply_patch`` will do; raises CheckoutError before anything is
+    written."""
     f = _flavor(flavor)
     directory = locate_checkout(path, flavor)
     architect = directory / "architect.py"
@@ -288,8 +377,10 @@ def plan_patch(path: str | Path, flavor: str) -> PatchPlan:
             action = "update"  # an older drop-in: nothing of the user's to back up
         else:
             if f.has_architect and "class Architect" not in current:
-                raise CheckoutError(f"{architect} has no `class Architect`: it is neither {f.repo}'s architect "
-                                    "nor darts-amend's drop-in; refusing to replace it")
+                raise CheckoutError(
+                    f"{architect} has no `class Architect`: it is neither {f.repo}'s architect "
+                    "nor darts-amend's drop-in; refusing to replace it"
+                )
             action = "write"
             backup = _backup_for(architect, current)
     search = directory / "train_search.py"
@@ -299,18 +390,24 @@ def plan_patch(path: str | Path, flavor: str) -> PatchPlan:
     else:
         new_text = _insert_flags(search_text, search)
         flags_action, search_backup = "insert", _backup_for(search, search_text)
-    return PatchPlan(f, directory, architect, action, backup, search, flags_action, search_backup, new_text)
+    return PatchPlan(
+        f, directory, architect, action, backup, search, flags_action, search_backup, new_text
+    )
 
 
 def apply_patch(plan: PatchPlan) -> list[str]:
-    """Carry out a plan; returns one line per change made (empty when the checkout was already patched)."""
+    """Carry out a plan; returns one line per change made (empty when the checkout was already
+    patched)."""
     done: list[str] = []
     if plan.architect_action != "keep":
         if plan.architect_backup is not None:
             plan.architect_backup.write_text(_read(plan.architect), encoding="utf-8")
             done.append(f"backed up {plan.architect.name} -> {plan.architect_backup.name}")
         plan.architect.write_text(dropin_text(plan.flavor.name), encoding="utf-8")
-        done.append(f"{'updated' if plan.architect_action == 'update' else 'wrote'} drop-in {plan.architect}")
+        done.append(
+            f"{'updated' if plan.architect_action == 'update' else 'wrote'} drop-in "
+            f"{plan.architect}"
+        )
     if plan.flags_action == "insert":
         assert plan.new_search_text is not None
         if plan.search_backup is not None:
@@ -342,15 +439,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser(
         "patch-repo",
         help="swap the architect of a DARTS / PC-DARTS / P-DARTS checkout for Amended-DARTS",
-        description="Back up the checkout's architect.py, write darts-amend's drop-in, add the --amend_* "
-                    "flags to train_search.py (once), and report script lines that break on modern "
-                    "PyTorch / numpy.",
+        description="Back up the checkout's architect.py, write darts-amend's drop-in, "
+        "add the --amend_* "
+        "flags to train_search.py (once), and report script lines that break on modern "
+        "PyTorch / numpy.",
     )
-    parser.add_argument("path", help="the checkout (repository root; for quark0/darts the cnn/ folder works too)")
-    parser.add_argument("--flavor", required=True, choices=sorted(FLAVORS),
-                        help="which upstream repository PATH is a checkout of")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="check the checkout and show what would change, without writing anything")
+    parser.add_argument(
+        "path", help="the checkout (repository root; for quark0/darts the cnn/ folder works too)"
+    )
+    parser.add_argument(
+        "--flavor",
+        required=True,
+        choices=sorted(FLAVORS),
+        help="which upstream repository PATH is a checkout of",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the checkout and show what would change, without writing anything",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -366,8 +473,10 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"dry run: {plan.directory} is a {f.repo} checkout; nothing written.")
         if plan.architect_action != "keep":
-            print(f"  would {plan.architect_action} {plan.architect}"
-                  + (f" (backup {plan.architect_backup.name})" if plan.architect_backup else ""))
+            print(
+                f"  would {plan.architect_action} {plan.architect}"
+                + (f" (backup {plan.architect_backup.name})" if plan.architect_backup else "")
+            )
         if plan.flags_action == "insert":
             print(f"  would add the --amend_* flags to {plan.search_script}")
         if not plan.changes_anything:
@@ -382,16 +491,25 @@ def run(args: argparse.Namespace) -> int:
             print(f"{plan.directory} is already patched ({f.repo}): nothing to do")
     issues = scan_compat(plan.directory)
     if issues:
-        print(f"\n{len(issues)} line(s) that break or misbehave on modern PyTorch / numpy (not edited):")
+        print(
+            f"\n{len(issues)} line(s) that break or misbehave on modern PyTorch / numpy "
+            "(not edited):"
+        )
         for issue in issues:
-            print(f"  {issue.path.name}:{issue.line}: {issue.text}\n      {issue.problem}\n      fix: {issue.fix}")
+            print(
+                f"  {issue.path.name}:{issue.line}: {issue.text}\n"
+                f"      {issue.problem}\n      fix: {issue.fix}"
+            )
     if f.name == "pdarts":
         print("\nP-DARTS has no architect: make this edit by hand.\n" + PDARTS_EDIT)
     print("\nthen run:\n  " + f.run_command.format(dir=plan.directory))
     from darts_amend.estimators import ESTIMATORS
 
-    print(f"options: --amend_eta ETA (0 = first-order DARTS), --amend_estimator {{{','.join(ESTIMATORS)}}}, "
-          "--amend_mode {exact,finite_difference}")
+    print(
+        "options: --amend_eta ETA (0 = first-order DARTS), "
+        f"--amend_estimator {{{','.join(ESTIMATORS)}}}, "
+        "--amend_mode {exact,finite_difference}"
+    )
     if f.name != "pdarts":
         print("second-order DARTS through darts-amend: --amend_estimator unrolled --unrolled")
     return 0

@@ -1,11 +1,13 @@
 # darts-amend drop-in for chenxin061/pdarts (https://github.com/chenxin061/pdarts).
-# Written by `darts-amend patch-repo` (or copied from darts-amend's integrations/ folder); the
-# original file, if there was one, is kept next to it as architect.py.orig.
-"""Amended-DARTS architect: the upstream interface, backed by darts_amend.adapters.p_darts.
+# Written by `darts-amend patch-repo` (or copied from darts-amend's integrations/
+# folder); the original file, if there was one, is kept next to it as architect.py.orig.
+"""Amended-DARTS architect with the upstream interface, backed by
+darts_amend.adapters.p_darts.
 
-Flags read from args: --amend_eta (amending coefficient, default 0.1; 0 = first-order DARTS),
---amend_estimator (default amended; `unrolled` together with --unrolled is second-order DARTS),
---amend_mode (exact | finite_difference). Needs `pip install darts-amend`.
+Flags read from args: --amend_eta (amending coefficient, default 0.1; 0 = first-order
+DARTS), --amend_estimator (default amended; `unrolled` together with --unrolled is
+second-order DARTS), --amend_mode (exact | finite_difference).
+Needs `pip install darts-amend`.
 """
 from darts_amend.adapters.p_darts import Architect
 
