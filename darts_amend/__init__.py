@@ -2,8 +2,10 @@
 
 Public API (no side effects at import time)::
 
-    from darts_amend import AmendedArchitect, first_order, unrolled, amended, implicit_cg, implicit_neumann
+    from darts_amend import AmendedArchitect
+    from darts_amend import first_order, unrolled, amended, implicit_cg, implicit_neumann
 """
+
 from __future__ import annotations
 
 from .architect import AmendedArchitect, StepInfo

@@ -1,7 +1,9 @@
 """Type aliases shared by the core modules (one place, imported, never re-defined)."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from torch import Tensor, nn
 

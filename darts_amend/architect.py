@@ -16,6 +16,7 @@ Typical loop (the weight step follows the alpha step, as in DARTS)::
         model._loss(x, y).backward()
         w_optimizer.step()
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,7 +31,14 @@ from torch import Tensor, nn
 
 from ._types import Batch, LossFn
 from .estimators import Hypergradient, _number, get_estimator, validate_options
-from .hvp import NonFiniteLossError, list_cosine, list_norm, resolve_loss, split_parameters, unwrap_model
+from .hvp import (
+    NonFiniteLossError,
+    list_cosine,
+    list_norm,
+    resolve_loss,
+    split_parameters,
+    unwrap_model,
+)
 
 __all__ = ["AmendedArchitect", "StepInfo"]
 
@@ -77,7 +85,8 @@ class AmendedArchitect:
         eta: the amending coefficient (``amended`` only; 0.1 when not given). Passing it with
             another estimator is an error.
         **estimator_options: options of the estimator (e.g. ``mode="finite_difference"``,
-            ``iterations=20``); ``step`` accepts per-step overrides (e.g. ``xi=lr`` for ``unrolled``).
+            ``iterations=20``); ``step`` accepts per-step overrides (e.g. ``xi=lr`` for
+            ``unrolled``).
     """
 
     def __init__(
@@ -96,8 +105,11 @@ class AmendedArchitect:
         self._fn = get_estimator(estimator)
         lr = _number("lr", lr, strict=True)
         weight_decay = _number("weight_decay", weight_decay)
-        if (not isinstance(betas, (tuple, list)) or len(betas) != 2
-                or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas)):
+        if (
+            not isinstance(betas, (tuple, list))
+            or len(betas) != 2
+            or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas)
+        ):
             raise ValueError(f"invalid betas: {betas!r} (two numbers in [0, 1))")
         options = dict(estimator_options)
         if "eta" in options:
@@ -111,7 +123,9 @@ class AmendedArchitect:
         self.estimator = estimator
         self.loss_fn = resolve_loss(loss_fn)
         self._alphas = alphas
-        self.optimizer = torch.optim.Adam(alphas, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        self.optimizer = torch.optim.Adam(
+            alphas, lr=lr, betas=tuple(betas), weight_decay=weight_decay
+        )
         #: The Hypergradient of the last step (None before the first, or after a skipped step).
         self.last_hypergradient: Hypergradient | None = None
 
@@ -134,11 +148,15 @@ class AmendedArchitect:
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self._options.items() if k != "momentum_buffers")
         group = self.optimizer.param_groups[0]
-        return (f"AmendedArchitect(estimator={self.estimator!r}{', ' + opts if opts else ''}, "
-                f"lr={group['lr']}, betas={group['betas']}, weight_decay={group['weight_decay']})")
+        return (
+            f"AmendedArchitect(estimator={self.estimator!r}{', ' + opts if opts else ''}, "
+            f"lr={group['lr']}, betas={group['betas']}, weight_decay={group['weight_decay']})"
+        )
 
     # ------------------------------------------------------------------ stepping
-    def hypergradient(self, train_batch: Batch, valid_batch: Batch, **per_step_options: Any) -> Hypergradient:
+    def hypergradient(
+        self, train_batch: Batch, valid_batch: Batch, **per_step_options: Any
+    ) -> Hypergradient:
         """The estimator's hypergradient for these batches (no all-reduce, nothing written)."""
         options = {**self._options, **validate_options(self.estimator, per_step_options)}
         return self._fn(self.model, train_batch, valid_batch, loss_fn=self.loss_fn, **options)
@@ -152,7 +170,9 @@ class AmendedArchitect:
         self._check_alphas()
         reason = "hypergradient"
         try:
-            result: Hypergradient | None = self.hypergradient(train_batch, valid_batch, **per_step_options)
+            result: Hypergradient | None = self.hypergradient(
+                train_batch, valid_batch, **per_step_options
+            )
             grads = result.grads
         except NonFiniteLossError as exc:
             # other ranks still take part in the all-reduce below; nan makes them skip too
@@ -164,8 +184,11 @@ class AmendedArchitect:
             finite, reason = False, f"validation loss {float(result.val_loss)}"
         info = self._info(result, grads, finite)
         if not finite:
-            warnings.warn(f"AmendedArchitect: non-finite {reason}; alphas left unchanged this step",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"AmendedArchitect: non-finite {reason}; alphas left unchanged this step",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             self.last_hypergradient = None
             return info
         for a, g in zip(self._alphas, grads):
@@ -180,9 +203,13 @@ class AmendedArchitect:
 
     def _check_alphas(self) -> None:
         current = list(unwrap_model(self.model).arch_parameters())
-        if len(current) != len(self._alphas) or any(a is not b for a, b in zip(current, self._alphas)):
-            raise ValueError("model.arch_parameters() are no longer the tensors this architect was "
-                             "created with (was the network rebuilt?); create a new AmendedArchitect")
+        if len(current) != len(self._alphas) or any(
+            a is not b for a, b in zip(current, self._alphas)
+        ):
+            raise ValueError(
+                "model.arch_parameters() are no longer the tensors this architect was "
+                "created with (was the network rebuilt?); create a new AmendedArchitect"
+            )
 
     @staticmethod
     def _all_reduce(grads: Sequence[Tensor]) -> tuple[Tensor, ...]:
@@ -194,7 +221,7 @@ class AmendedArchitect:
         flat /= torch.distributed.get_world_size()
         out, i = [], 0
         for g in grads:
-            out.append(flat[i:i + g.numel()].view_as(g).to(g.dtype))
+            out.append(flat[i : i + g.numel()].view_as(g).to(g.dtype))
             i += g.numel()
         return tuple(out)
 
@@ -202,7 +229,9 @@ class AmendedArchitect:
     def _info(result: Hypergradient | None, grads: Sequence[Tensor], finite: bool) -> StepInfo:
         if result is None:
             nan = math.nan
-            return StepInfo(val_loss=nan, g1_norm=nan, g2_norm=nan, cosine=nan, grad_norm=nan, finite=False)
+            return StepInfo(
+                val_loss=nan, g1_norm=nan, g2_norm=nan, cosine=nan, grad_norm=nan, finite=False
+            )
         g1 = result.terms["g1"]
         g2 = result.terms.get("g2")
         return StepInfo(
@@ -231,22 +260,30 @@ class AmendedArchitect:
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         missing = {"format", "estimator", "options", "alphas", "optimizer"} - set(state_dict)
         if missing:
-            raise ValueError(f"not an AmendedArchitect state_dict: missing {', '.join(sorted(missing))}")
+            raise ValueError(
+                f"not an AmendedArchitect state_dict: missing {', '.join(sorted(missing))}"
+            )
         if state_dict["format"] != _STATE_FORMAT:
             raise ValueError(f"unsupported state_dict format {state_dict['format']!r}")
         if state_dict["estimator"] != self.estimator:
-            raise ValueError(f"state_dict is for estimator {state_dict['estimator']!r}, "
-                             f"this architect uses {self.estimator!r}")
+            raise ValueError(
+                f"state_dict is for estimator {state_dict['estimator']!r}, "
+                f"this architect uses {self.estimator!r}"
+            )
         saved = state_dict["alphas"]
         if len(saved) != len(self._alphas):
             raise ValueError(f"state_dict has {len(saved)} alphas, the model {len(self._alphas)}")
         for i, (s, a) in enumerate(zip(saved, self._alphas)):
             if tuple(s.shape) != tuple(a.shape):
-                raise ValueError(f"state_dict alpha {i} has shape {tuple(s.shape)}, the model {tuple(a.shape)}")
+                raise ValueError(
+                    f"state_dict alpha {i} has shape {tuple(s.shape)}, the model {tuple(a.shape)}"
+                )
         options = validate_options(self.estimator, dict(state_dict["options"]))
         self.optimizer.load_state_dict(state_dict["optimizer"])  # validates before changing
         with torch.no_grad():
             for s, a in zip(saved, self._alphas):
                 a.copy_(s)
-        logger.debug("AmendedArchitect: estimator options restored from state_dict: %s", sorted(options))
+        logger.debug(
+            "AmendedArchitect: estimator options restored from state_dict: %s", sorted(options)
+        )
         self._options = options

@@ -16,14 +16,15 @@ Each is ``f(model, train_batch, valid_batch, *, loss_fn=None, **options) -> Hype
 They never write ``.grad`` and leave weights and buffers (BatchNorm running statistics) exactly
 as they found them, also on exception. Options are validated before anything is computed.
 """
+
 from __future__ import annotations
 
 import inspect
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -82,7 +83,9 @@ class Hypergradient:
 
     def is_finite(self) -> bool:
         """True when the loss and every hypergradient entry are finite."""
-        return bool(torch.isfinite(self.val_loss).all()) and all(bool(torch.isfinite(g).all()) for g in self.grads)
+        return bool(torch.isfinite(self.val_loss).all()) and all(
+            bool(torch.isfinite(g).all()) for g in self.grads
+        )
 
     def norm(self, term: str | None = None) -> float:
         """Euclidean norm of ``grads`` (or of one term)."""
@@ -95,7 +98,9 @@ class Hypergradient:
         return list_cosine(self.terms[a], self.terms[b])
 
 
-def write_grads_(alphas: Sequence[Tensor], grads: Sequence[Tensor], *, accumulate: bool = False) -> None:
+def write_grads_(
+    alphas: Sequence[Tensor], grads: Sequence[Tensor], *, accumulate: bool = False
+) -> None:
     """Write a hypergradient into ``alpha.grad`` (replacing it, or adding when ``accumulate``)."""
     if len(alphas) != len(grads):
         raise ValueError(f"{len(grads)} gradients for {len(alphas)} alphas")
@@ -118,14 +123,21 @@ def _prepare(model: nn.Module, train_batch: Any, valid_batch: Any, loss_fn: Loss
     return unwrap_model(model), alphas, weights, resolve_loss(loss_fn)
 
 
-def _val_pass(net: nn.Module, batch: Batch, loss_fn: LossFn, alphas: TensorList,
-              weights: TensorList, *, need_v: bool = True) -> tuple[Tensor, tuple[Tensor, ...], TensorList]:
+def _val_pass(
+    net: nn.Module,
+    batch: Batch,
+    loss_fn: LossFn,
+    alphas: TensorList,
+    weights: TensorList,
+    *,
+    need_v: bool = True,
+) -> tuple[Tensor, tuple[Tensor, ...], TensorList]:
     """One forward/backward on the validation batch: (L_val, g1 = grad_alpha, v = grad_w)."""
     loss = _evaluate(loss_fn, net, batch, "validation loss")
     _check_finite(loss, "validation loss")
     grads = _grad(loss, alphas + weights if need_v else alphas)
     g1 = tuple(g.detach() for g in grads[: len(alphas)])
-    v = [g.detach() for g in grads[len(alphas):]]
+    v = [g.detach() for g in grads[len(alphas) :]]
     return loss.detach(), g1, v
 
 
@@ -150,7 +162,9 @@ def _combine(g1: Sequence[Tensor], g2: Sequence[Tensor]) -> tuple[Tensor, ...]:
 # --------------------------------------------------------------------------- linear solvers
 
 
-def conjugate_gradient(matvec: Matvec, b: TensorList, iterations: int, *, tol: float = 1e-12) -> TensorList:
+def conjugate_gradient(
+    matvec: Matvec, b: TensorList, iterations: int, *, tol: float = 1e-12
+) -> TensorList:
     """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` (x0 = 0).
 
     Stops after ``iterations`` products, when the residual norm falls below ``tol * ||b||``, or
@@ -160,14 +174,16 @@ def conjugate_gradient(matvec: Matvec, b: TensorList, iterations: int, *, tol: f
     res = [t.clone() for t in b]
     p = [t.clone() for t in b]
     rs = float(list_dot(res, res))
-    stop = (tol ** 2) * rs
+    stop = (tol**2) * rs
     for k in range(iterations):
         if rs <= stop or rs == 0.0:
             break
         ap = matvec(p)
         pap = float(list_dot(p, ap))
         if not (pap > 0.0) or not math.isfinite(pap):
-            logger.debug("conjugate_gradient: curvature %.3g <= 0 at iteration %d; stopping", pap, k)
+            logger.debug(
+                "conjugate_gradient: curvature %.3g <= 0 at iteration %d; stopping", pap, k
+            )
             break
         step = rs / pap
         x = [xi + step * pi for xi, pi in zip(x, p)]
@@ -192,8 +208,9 @@ def neumann_series(matvec: Matvec, b: TensorList, terms: int, gamma: float) -> T
 # --------------------------------------------------------------------------- estimators
 
 
-def first_order(model: nn.Module, train_batch: Batch, valid_batch: Batch, *,
-                loss_fn: LossFn | None = None) -> Hypergradient:
+def first_order(
+    model: nn.Module, train_batch: Batch, valid_batch: Batch, *, loss_fn: LossFn | None = None
+) -> Hypergradient:
     """First-order DARTS: ``g = g1 = grad_alpha L_val(w, alpha)`` (one forward/backward)."""
     net, alphas, weights, loss_fn = _prepare(model, train_batch, valid_batch, loss_fn)
     with preserve_state(net, parameters=False):
@@ -201,9 +218,16 @@ def first_order(model: nn.Module, train_batch: Batch, valid_batch: Batch, *,
     return Hypergradient(grads=g1, terms={"g1": g1}, val_loss=val_loss)
 
 
-def amended(model: nn.Module, train_batch: Batch, valid_batch: Batch, *,
-            loss_fn: LossFn | None = None, eta: float = 0.1, mode: str = "exact",
-            r: float = 0.01) -> Hypergradient:
+def amended(
+    model: nn.Module,
+    train_batch: Batch,
+    valid_batch: Batch,
+    *,
+    loss_fn: LossFn | None = None,
+    eta: float = 0.1,
+    mode: str = "exact",
+    r: float = 0.01,
+) -> Hypergradient:
     """Amended-DARTS (eq. 7): ``g = g1 + g2'`` with ``g2' = -eta * B H v`` at the current w.
 
     Exact mode shares work: one backward on the validation batch gives g1 and v; one forward and
@@ -222,17 +246,30 @@ def amended(model: nn.Module, train_batch: Batch, valid_batch: Batch, *,
     with preserve_state(net, parameters=(mode == "finite_difference")):
         val_loss, g1, v = _val_pass(net, valid_batch, loss_fn, alphas, weights)
         products = second_order_products(net, train_batch, loss_fn, alphas, weights, mode=mode, r=r)
-        hv = products.hvp(v)            # H v
-        bhv = products.mixed(hv)        # B (H v)
-    g2 = tuple(-eta * t for t in bhv)   # g2' = -eta * B H v
-    return Hypergradient(grads=_combine(g1, g2), terms={"g1": g1, "g2": g2},
-                         val_loss=val_loss, train_loss=products.loss)
+        hv = products.hvp(v)  # H v
+        bhv = products.mixed(hv)  # B (H v)
+    g2 = tuple(-eta * t for t in bhv)  # g2' = -eta * B H v
+    return Hypergradient(
+        grads=_combine(g1, g2),
+        terms={"g1": g1, "g2": g2},
+        val_loss=val_loss,
+        train_loss=products.loss,
+    )
 
 
-def unrolled(model: nn.Module, train_batch: Batch, valid_batch: Batch, *,
-             loss_fn: LossFn | None = None, xi: float | None = None, momentum: float = 0.0,
-             momentum_buffers: Sequence[Tensor | None] | None = None, weight_decay: float = 0.0,
-             mode: str = "exact", r: float = 0.01) -> Hypergradient:
+def unrolled(
+    model: nn.Module,
+    train_batch: Batch,
+    valid_batch: Batch,
+    *,
+    loss_fn: LossFn | None = None,
+    xi: float | None = None,
+    momentum: float = 0.0,
+    momentum_buffers: Sequence[Tensor | None] | None = None,
+    weight_decay: float = 0.0,
+    mode: str = "exact",
+    r: float = 0.01,
+) -> Hypergradient:
     """Second-order DARTS, as upstream (quark0/darts) and the DARTS paper compute it.
 
     w' = w - xi * (momentum * buffer + grad_w L_train(w) + weight_decay * w), then
@@ -261,22 +298,36 @@ def unrolled(model: nn.Module, train_batch: Batch, valid_batch: Batch, *,
                 w.sub_(xi * step)
         val_loss, g1, v = _val_pass(net, valid_batch, loss_fn, alphas, weights)
         restore()  # back to w: B is taken at w
-        bv = second_order_products(net, train_batch, loss_fn, alphas, weights, mode=mode, r=r).mixed(v)
+        bv = second_order_products(
+            net, train_batch, loss_fn, alphas, weights, mode=mode, r=r
+        ).mixed(v)
     g2 = tuple(-xi * t for t in bv)
-    return Hypergradient(grads=_combine(g1, g2), terms={"g1": g1, "g2": g2},
-                         val_loss=val_loss, train_loss=train_loss.detach())
+    return Hypergradient(
+        grads=_combine(g1, g2),
+        terms={"g1": g1, "g2": g2},
+        val_loss=val_loss,
+        train_loss=train_loss.detach(),
+    )
 
 
-def _check_buffers(buffers: Sequence[Tensor | None] | None, weights: TensorList) -> list[Tensor | None]:
+def _check_buffers(
+    buffers: Sequence[Tensor | None] | None, weights: TensorList
+) -> list[Tensor | None]:
     if buffers is None:
         return [None] * len(weights)
     if isinstance(buffers, Tensor) or not isinstance(buffers, (list, tuple)):
-        raise TypeError("momentum_buffers must be a list aligned with the weights (entries may be None)")
+        raise TypeError(
+            "momentum_buffers must be a list aligned with the weights (entries may be None)"
+        )
     if len(buffers) != len(weights):
-        raise ValueError(f"momentum_buffers has {len(buffers)} entries but there are {len(weights)} weights")
+        raise ValueError(
+            f"momentum_buffers has {len(buffers)} entries but there are {len(weights)} weights"
+        )
     for i, (b, w) in enumerate(zip(buffers, weights)):
         if b is not None and (not isinstance(b, Tensor) or b.shape != w.shape):
-            raise ValueError(f"momentum_buffers[{i}] does not match the shape {tuple(w.shape)} of weights[{i}]")
+            raise ValueError(
+                f"momentum_buffers[{i}] does not match the shape {tuple(w.shape)} of weights[{i}]"
+            )
     return [None if b is None else b.detach() for b in buffers]
 
 
@@ -285,16 +336,29 @@ def _implicit(model, train_batch, valid_batch, loss_fn, mode, r, solve) -> Hyper
     with preserve_state(net, parameters=(mode == "finite_difference")):
         val_loss, g1, v = _val_pass(net, valid_batch, loss_fn, alphas, weights)
         products = second_order_products(net, train_batch, loss_fn, alphas, weights, mode=mode, r=r)
-        x = solve(products.hvp, v)      # x ~ H^-1 v
+        x = solve(products.hvp, v)  # x ~ H^-1 v
         bx = products.mixed(x)
-    g2 = tuple(-t for t in bx)          # g2 = -B H^-1 v
-    return Hypergradient(grads=_combine(g1, g2), terms={"g1": g1, "g2": g2},
-                         val_loss=val_loss, train_loss=products.loss)
+    g2 = tuple(-t for t in bx)  # g2 = -B H^-1 v
+    return Hypergradient(
+        grads=_combine(g1, g2),
+        terms={"g1": g1, "g2": g2},
+        val_loss=val_loss,
+        train_loss=products.loss,
+    )
 
 
-def implicit_cg(model: nn.Module, train_batch: Batch, valid_batch: Batch, *,
-                loss_fn: LossFn | None = None, iterations: int = 10, damping: float = 0.0,
-                tol: float = 1e-12, mode: str = "exact", r: float = 0.01) -> Hypergradient:
+def implicit_cg(
+    model: nn.Module,
+    train_batch: Batch,
+    valid_batch: Batch,
+    *,
+    loss_fn: LossFn | None = None,
+    iterations: int = 10,
+    damping: float = 0.0,
+    tol: float = 1e-12,
+    mode: str = "exact",
+    r: float = 0.01,
+) -> Hypergradient:
     """Implicit-function gradient with ``(H + damping I) x = v`` solved by ``iterations`` steps
     of conjugate gradient: ``g = g1 - B x`` (converges to g1 - B H^-1 v at an inner optimum)."""
     iterations = _count("iterations", iterations)
@@ -309,16 +373,32 @@ def implicit_cg(model: nn.Module, train_batch: Batch, valid_batch: Batch, *,
     return _implicit(model, train_batch, valid_batch, loss_fn, mode, r, solve)
 
 
-def implicit_neumann(model: nn.Module, train_batch: Batch, valid_batch: Batch, *,
-                     loss_fn: LossFn | None = None, terms: int = 10, gamma: float = 0.01,
-                     mode: str = "exact", r: float = 0.01) -> Hypergradient:
+def implicit_neumann(
+    model: nn.Module,
+    train_batch: Batch,
+    valid_batch: Batch,
+    *,
+    loss_fn: LossFn | None = None,
+    terms: int = 10,
+    gamma: float = 0.01,
+    mode: str = "exact",
+    r: float = 0.01,
+) -> Hypergradient:
     """iDARTS-style Neumann series: ``H^-1 v ~ gamma * sum_{j<terms} (I - gamma H)^j v``,
-    ``g = g1 - B x``. Converges when ``0 < gamma < 2 / lambda_max(H)`` and H is positive-definite."""
+    ``g = g1 - B x``. Converges when ``0 < gamma < 2 / lambda_max(H)`` and H is positive
+    definite."""
     terms = _count("terms", terms)
     gamma = _number("gamma", gamma, strict=True)
     _check_mode(mode, r)
-    return _implicit(model, train_batch, valid_batch, loss_fn, mode, r,
-                     lambda hvp, v: neumann_series(hvp, v, terms, gamma))
+    return _implicit(
+        model,
+        train_batch,
+        valid_batch,
+        loss_fn,
+        mode,
+        r,
+        lambda hvp, v: neumann_series(hvp, v, terms, gamma),
+    )
 
 
 ESTIMATORS: dict[str, Callable[..., Hypergradient]] = {
@@ -369,8 +449,10 @@ def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     allowed = estimator_options(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise TypeError(f"unknown option(s) {', '.join(unknown)} for estimator {name!r}; "
-                        f"it accepts: {', '.join(allowed) or 'no options'}")
+        raise TypeError(
+            f"unknown option(s) {', '.join(unknown)} for estimator {name!r}; "
+            f"it accepts: {', '.join(allowed) or 'no options'}"
+        )
     for key, value in options.items():
         _OPTION_CHECKS[key](key, value)
     return dict(options)
@@ -379,5 +461,8 @@ def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
 def estimator_options(name: str) -> dict[str, Any]:
     """The options an estimator accepts, with their defaults (``None`` for ``xi``)."""
     sig = inspect.signature(get_estimator(name))
-    return {p.name: p.default for p in sig.parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "loss_fn"}
+    return {
+        p.name: p.default
+        for p in sig.parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "loss_fn"
+    }

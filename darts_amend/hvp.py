@@ -16,13 +16,14 @@ Two modes:
 Every function leaves parameters and buffers (BatchNorm running statistics) bit-exactly as it
 found them, also when the loss raises, and never writes ``.grad``.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +62,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     """Return the module behind ``DataParallel`` / ``DistributedDataParallel`` wrappers."""
     wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
     while isinstance(model, wrappers) or (
-        not hasattr(model, "arch_parameters") and isinstance(getattr(model, "module", None), nn.Module)
+        not hasattr(model, "arch_parameters")
+        and isinstance(getattr(model, "module", None), nn.Module)
     ):
         model = model.module
     return model
@@ -85,7 +87,9 @@ def split_parameters(model: nn.Module) -> tuple[TensorList, TensorList]:
             "architecture parameters (alphas) through a method arch_parameters()"
         )
     if not callable(arch):
-        raise TypeError(f"{type(net).__name__}.arch_parameters must be a method, got {type(arch).__name__}")
+        raise TypeError(
+            f"{type(net).__name__}.arch_parameters must be a method, got {type(arch).__name__}"
+        )
     alphas = list(arch())
     if not alphas:
         raise ValueError(f"{type(net).__name__}.arch_parameters() returned no tensors")
@@ -94,12 +98,17 @@ def split_parameters(model: nn.Module) -> tuple[TensorList, TensorList]:
         if not isinstance(a, Tensor):
             raise TypeError(f"arch_parameters()[{i}] is a {type(a).__name__}, not a torch.Tensor")
         if not a.is_floating_point():
-            raise TypeError(f"arch_parameters()[{i}] has dtype {a.dtype}; alphas must be floating point")
+            raise TypeError(
+                f"arch_parameters()[{i}] has dtype {a.dtype}; alphas must be floating point"
+            )
         if not a.requires_grad:
-            raise ValueError(f"arch_parameters()[{i}] does not require grad (call .requires_grad_())")
+            raise ValueError(
+                f"arch_parameters()[{i}] does not require grad (call .requires_grad_())"
+            )
         if not a.is_leaf:
             raise ValueError(
-                f"arch_parameters()[{i}] is not a leaf tensor (it was computed from other tensors); "
+                f"arch_parameters()[{i}] is not a leaf tensor (it was computed from other "
+                "tensors); "
                 "register alphas as nn.Parameter"
             )
         if id(a) in seen:
@@ -127,7 +136,10 @@ def resolve_loss(loss_fn: LossFn | None = None) -> LossFn:
     if loss_fn is None:
         return _default_loss
     if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable (model, inputs, targets) -> Tensor, got {type(loss_fn).__name__}")
+        raise TypeError(
+            "loss_fn must be callable (model, inputs, targets) -> Tensor, "
+            f"got {type(loss_fn).__name__}"
+        )
     return loss_fn
 
 
@@ -145,8 +157,10 @@ def _tensors(obj: Any) -> Iterator[Tensor]:
 def check_batch(batch: Any, name: str, device: torch.device | None = None) -> Batch:
     """Validate an ``(inputs, targets)`` pair and, if given, that its tensors live on ``device``."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise TypeError(f"{name} must be an (inputs, targets) pair, got {type(batch).__name__}"
-                        + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
+        raise TypeError(
+            f"{name} must be an (inputs, targets) pair, got {type(batch).__name__}"
+            + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+        )
     if device is not None:
         for part, obj in zip(("inputs", "targets"), batch):
             for t in _tensors(obj):
@@ -161,8 +175,10 @@ def check_batch(batch: Any, name: str, device: torch.device | None = None) -> Ba
 def _evaluate(loss_fn: LossFn, net: nn.Module, batch: Batch, what: str = "loss") -> Tensor:
     loss = loss_fn(net, batch[0], batch[1])
     if not isinstance(loss, Tensor) or loss.numel() != 1:
-        raise TypeError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}"
-                        + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else ""))
+        raise TypeError(
+            f"loss_fn must return a scalar tensor, got {type(loss).__name__}"
+            + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
+        )
     if not loss.requires_grad:
         raise ValueError(f"the {what} does not depend on any parameter that requires grad")
     return loss.reshape(())
@@ -182,7 +198,10 @@ def list_dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
         raise ValueError(f"tensor lists differ in length: {len(xs)} vs {len(ys)}")
     if not xs:
         return torch.zeros(())
-    return sum(((x * y).sum() for x, y in zip(xs, ys)), torch.zeros((), dtype=xs[0].dtype, device=xs[0].device))
+    return sum(
+        ((x * y).sum() for x, y in zip(xs, ys)),
+        torch.zeros((), dtype=xs[0].dtype, device=xs[0].device),
+    )
 
 
 def list_norm(xs: Sequence[Tensor]) -> Tensor:
@@ -208,7 +227,9 @@ def _check_vector(vector: Any, params: Sequence[Tensor], name: str, against: str
         if not isinstance(u, Tensor):
             raise TypeError(f"{name}[{i}] is a {type(u).__name__}, not a Tensor")
         if u.shape != p.shape:
-            raise ValueError(f"{name}[{i}] has shape {tuple(u.shape)}, the {against}[{i}] {tuple(p.shape)}")
+            raise ValueError(
+                f"{name}[{i}] has shape {tuple(u.shape)}, the {against}[{i}] {tuple(p.shape)}"
+            )
         if u.device != p.device:
             raise ValueError(f"{name}[{i}] is on {u.device}, the {against}[{i}] on {p.device}")
         out.append(u.detach().to(p.dtype))
@@ -358,7 +379,9 @@ def second_order_products(
     if mode == "finite_difference":
         return Products(
             hvp=lambda u: _central_difference(net, batch, loss_fn, weights, u, weights, r),
-            mixed=lambda u, retain=False: _central_difference(net, batch, loss_fn, weights, u, alphas, r),
+            mixed=lambda u, retain=False: _central_difference(
+                net, batch, loss_fn, weights, u, alphas, r
+            ),
             loss=None,
         )
     loss = _evaluate(loss_fn, net, batch, "training loss")
@@ -379,7 +402,9 @@ def _check_mode(mode: str, r: float) -> None:
     if mode not in MODES:
         raise ValueError(f"invalid mode: {mode!r}; valid modes: {', '.join(MODES)}")
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
-        raise ValueError(f"invalid r: {r!r} (the finite-difference scale must be a positive number)")
+        raise ValueError(
+            f"invalid r: {r!r} (the finite-difference scale must be a positive number)"
+        )
 
 
 def hessian_vector_product(

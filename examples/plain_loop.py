@@ -10,6 +10,7 @@ on (weight batch, alpha batch), then one weight step on the weight batch.
     python examples/plain_loop.py --estimator first_order
     python examples/plain_loop.py --eta 0.5 --epochs 10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,13 @@ OPS = ("conv_3x3", "conv_5x5", "max_pool_3x3", "skip_connect")
 
 def make_op(name: str, c: int) -> nn.Module:
     if name == "conv_3x3":
-        return nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c, affine=False))
+        return nn.Sequential(
+            nn.ReLU(), nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c, affine=False)
+        )
     if name == "conv_5x5":
-        return nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 5, padding=2, bias=False), nn.BatchNorm2d(c, affine=False))
+        return nn.Sequential(
+            nn.ReLU(), nn.Conv2d(c, c, 5, padding=2, bias=False), nn.BatchNorm2d(c, affine=False)
+        )
     if name == "max_pool_3x3":
         return nn.MaxPool2d(3, stride=1, padding=1)
     if name == "skip_connect":
@@ -74,23 +79,38 @@ def digits(seed: int) -> tuple[torch.Tensor, ...]:
     x, y = x[perm], y[perm]
     n_test = 297
     n_half = (len(y) - n_test) // 2
-    return (x[:n_half], y[:n_half], x[n_half:2 * n_half], y[n_half:2 * n_half],
-            x[2 * n_half:], y[2 * n_half:])
+    return (
+        x[:n_half],
+        y[:n_half],
+        x[n_half : 2 * n_half],
+        y[n_half : 2 * n_half],
+        x[2 * n_half :],
+        y[2 * n_half :],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--estimator", default="amended",
-                        choices=["amended", "first_order", "unrolled", "implicit_cg", "implicit_neumann"])
-    parser.add_argument("--eta", type=float, default=None, help="amending coefficient (amended only; 0.1)")
+    parser.add_argument(
+        "--estimator",
+        default="amended",
+        choices=["amended", "first_order", "unrolled", "implicit_cg", "implicit_neumann"],
+    )
+    parser.add_argument(
+        "--eta", type=float, default=None, help="amending coefficient (amended only; 0.1)"
+    )
     parser.add_argument("--mode", default=None, choices=["exact", "finite_difference"])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05, help="weight learning rate (SGD)")
     parser.add_argument("--arch-lr", type=float, default=3e-3, help="alpha learning rate (Adam)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="intra-op CPU threads (tiny tensors: 1 avoids thread spin on busy machines)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op CPU threads (tiny tensors: 1 avoids thread spin on busy machines)",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -110,13 +130,21 @@ def main(argv: list[str] | None = None) -> int:
         order_w, order_a = torch.randperm(len(yw)), torch.randperm(len(ya))
         infos = []
         for i in range(0, len(yw) - bs + 1, bs):
-            iw, ia = order_w[i:i + bs], order_a[i:i + bs]
+            iw, ia = order_w[i : i + bs], order_a[i : i + bs]
             train_batch, valid_batch = (xw[iw], yw[iw]), (xa[ia], ya[ia])
             step_options = {}
-            if args.estimator == "unrolled":  # second-order DARTS needs the weight optimizer's settings
-                step_options = dict(xi=w_opt.param_groups[0]["lr"], momentum=0.9, weight_decay=3e-4,
-                                    momentum_buffers=[w_opt.state.get(p, {}).get("momentum_buffer")
-                                                      for p in model.weight_parameters()])
+            if (
+                args.estimator == "unrolled"
+            ):  # second-order DARTS needs the weight optimizer's settings
+                step_options = dict(
+                    xi=w_opt.param_groups[0]["lr"],
+                    momentum=0.9,
+                    weight_decay=3e-4,
+                    momentum_buffers=[
+                        w_opt.state.get(p, {}).get("momentum_buffer")
+                        for p in model.weight_parameters()
+                    ],
+                )
             infos.append(architect.step(train_batch, valid_batch, **step_options))
             w_opt.zero_grad(set_to_none=True)
             model._loss(*train_batch).backward()
@@ -126,11 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             acc = float((model(xt).argmax(1) == yt).float().mean())
         cosines = [s.cosine for s in infos if not math.isnan(s.cosine)]
-        print(f"epoch {epoch}: val loss {sum(s.val_loss for s in infos) / len(infos):.3f}  "
-              f"|g1| {sum(s.g1_norm for s in infos) / len(infos):.2e}  "
-              f"|g2| {sum(s.g2_norm for s in infos) / len(infos):.2e}  "
-              f"cos(g1,g2) {sum(cosines) / len(cosines) if cosines else float('nan'):+.2f}  "
-              f"test acc {acc:.3f}  ({time.perf_counter() - t0:.1f} s)")
+        print(
+            f"epoch {epoch}: val loss {sum(s.val_loss for s in infos) / len(infos):.3f}  "
+            f"|g1| {sum(s.g1_norm for s in infos) / len(infos):.2e}  "
+            f"|g2| {sum(s.g2_norm for s in infos) / len(infos):.2e}  "
+            f"cos(g1,g2) {sum(cosines) / len(cosines) if cosines else float('nan'):+.2f}  "
+            f"test acc {acc:.3f}  ({time.perf_counter() - t0:.1f} s)"
+        )
     weights = F.softmax(model.alphas.detach(), dim=-1)
     for e, row in enumerate(weights):
         print(f"edge {e}: " + "  ".join(f"{n} {w:.3f}" for n, w in zip(OPS, row.tolist())))

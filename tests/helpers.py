@@ -1,4 +1,5 @@
 """Shared test helpers: seeding, device, tiny supernets and dense (ground-truth) references."""
+
 from __future__ import annotations
 
 import os
@@ -47,13 +48,17 @@ def seed_all(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
-def assert_close(actual, expected, *, rtol: float = 1e-10, atol: float = 1e-12, msg: str = "") -> None:
+def assert_close(
+    actual, expected, *, rtol: float = 1e-10, atol: float = 1e-12, msg: str = ""
+) -> None:
     """``torch.testing.assert_close`` on tensors or lists of tensors (compared as one vector)."""
     if isinstance(actual, (list, tuple)):
         actual = flat(actual)
     if isinstance(expected, (list, tuple)):
         expected = flat(expected)
-    torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=rtol, atol=atol, msg=msg or None)
+    torch.testing.assert_close(
+        actual, expected.to(actual.dtype), rtol=rtol, atol=atol, msg=msg or None
+    )
 
 
 def flat(ts) -> Tensor:
@@ -72,7 +77,13 @@ def snapshot(model: nn.Module) -> dict[str, Tensor]:
     """Parameters, buffers and .grad of a model, cloned (for 'left exactly as found' checks)."""
     state = {f"p:{n}": p.detach().clone() for n, p in model.named_parameters()}
     state.update({f"b:{n}": b.detach().clone() for n, b in model.named_buffers()})
-    state.update({f"g:{n}": p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+    state.update(
+        {
+            f"g:{n}": p.grad.detach().clone()
+            for n, p in model.named_parameters()
+            if p.grad is not None
+        }
+    )
     for i, a in enumerate(model.arch_parameters()):
         state[f"a:{i}"] = a.detach().clone()
         if a.grad is not None:
@@ -102,9 +113,17 @@ class MixedMLP(nn.Module):
     otherwise they are kept as in upstream DARTS, outside ``parameters()``.
     """
 
-    def __init__(self, d_in: int = 4, hidden: int = 3, classes: int = 3, ops: int = 2, *,
-                 batchnorm: bool = False, register_alphas: bool = False,
-                 dtype: torch.dtype = torch.float64) -> None:
+    def __init__(
+        self,
+        d_in: int = 4,
+        hidden: int = 3,
+        classes: int = 3,
+        ops: int = 2,
+        *,
+        batchnorm: bool = False,
+        register_alphas: bool = False,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
         super().__init__()
         alpha = 0.3 * torch.randn(ops, dtype=dtype)
         if register_alphas:
@@ -125,13 +144,23 @@ class MixedMLP(nn.Module):
 
     def _logits(self, alpha: Tensor, p: dict, x: Tensor, stats=None) -> Tensor:
         w = F.softmax(alpha, dim=0)
-        h = sum(w[k] * torch.tanh(F.linear(x, p[f"ops.{k}.weight"], p[f"ops.{k}.bias"]))
-                for k in range(len(self.ops)))
+        h = sum(
+            w[k] * torch.tanh(F.linear(x, p[f"ops.{k}.weight"], p[f"ops.{k}.bias"]))
+            for k in range(len(self.ops))
+        )
         if self.bn is not None:
             mean, var = stats or (self.bn.running_mean, self.bn.running_var)
             # train mode: running statistics updated as real BN does, output uses batch stats
-            h = F.batch_norm(h, mean, var, p["bn.weight"], p["bn.bias"], self.training,
-                             self.bn.momentum, self.bn.eps)
+            h = F.batch_norm(
+                h,
+                mean,
+                var,
+                p["bn.weight"],
+                p["bn.bias"],
+                self.training,
+                self.bn.momentum,
+                self.bn.eps,
+            )
         return F.linear(h, p["head.weight"], p["head.bias"])
 
     def forward(self, x: Tensor) -> Tensor:
@@ -212,7 +241,9 @@ def dense_grad(model: nn.Module, batch, theta: Tensor | None = None):
     return g[: dm.n_alpha], g[dm.n_alpha :]
 
 
-def make_batch(n: int = 6, d_in: int = 4, classes: int = 3, *, dtype=torch.float64, seed: int | None = None):
+def make_batch(
+    n: int = 6, d_in: int = 4, classes: int = 3, *, dtype=torch.float64, seed: int | None = None
+):
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     x = torch.randn(n, d_in, dtype=dtype, generator=gen)
     y = torch.randint(0, classes, (n,), generator=gen)

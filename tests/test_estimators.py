@@ -1,5 +1,6 @@
 """Estimators against ground truth: dense closed forms, a Newton-solved inner optimum checked by
 finite differences of the true response, and the angle claim where (and only where) it holds."""
+
 from __future__ import annotations
 
 import math
@@ -7,6 +8,20 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import (
+    DEVICE,
+    MixedMLP,
+    QuadraticBilevel,
+    assert_close,
+    assert_same_state,
+    dense_blocks,
+    dense_grad,
+    flat,
+    make_batch,
+    one_thread,  # noqa: F401  (autouse fixture)
+    seed_all,
+    snapshot,
+)
 from torch import Tensor, nn
 
 from darts_amend import NonFiniteLossError
@@ -23,20 +38,6 @@ from darts_amend.estimators import (
     write_grads_,
 )
 from darts_amend.hvp import list_cosine, split_parameters
-from helpers import (  # one_thread: autouse fixture
-    one_thread,
-    DEVICE,
-    MixedMLP,
-    QuadraticBilevel,
-    assert_close,
-    assert_same_state,
-    dense_blocks,
-    dense_grad,
-    flat,
-    make_batch,
-    seed_all,
-    snapshot,
-)
 
 
 def _mlp(seed: int = 0, **kw):
@@ -59,8 +60,14 @@ def test_amended_equals_g1_minus_eta_BHv(batchnorm):
     assert_close(res.grads, expected, rtol=1e-10, atol=1e-13)
     assert_close(res.terms["g1"], g1, rtol=1e-10, atol=1e-13)
     assert_close(res.terms["g2"], -eta * B @ (H @ v), rtol=1e-10, atol=1e-13)
-    assert float(res.val_loss) == pytest.approx(float(model.pure_loss(  # same loss value
-        model.arch_parameters(), split_parameters(model)[1], *vb).detach()), rel=1e-12)
+    assert float(res.val_loss) == pytest.approx(
+        float(
+            model.pure_loss(  # same loss value
+                model.arch_parameters(), split_parameters(model)[1], *vb
+            ).detach()
+        ),
+        rel=1e-12,
+    )
     # finite differences (two nested central differences) agree on a smooth model
     fd = amended(model, tb, vb, eta=eta, mode="finite_difference", r=1e-4)
     assert_close(fd.grads, expected, rtol=1e-6, atol=1e-9)
@@ -88,11 +95,20 @@ def test_unrolled_equals_dense_closed_form(mode):
     buf = flat([torch.zeros_like(w_) if b is None else b for b, w_ in zip(buffers, weights)])
     w_prime = w - xi * (momentum * buf + gw + wd * w)
     theta_prime = torch.cat([flat(alphas).detach(), w_prime])
-    g1, v = dense_grad(model, vb, theta_prime)      # at w'
-    _, B, _ = dense_blocks(model, tb)               # B at w
+    g1, v = dense_grad(model, vb, theta_prime)  # at w'
+    _, B, _ = dense_blocks(model, tb)  # B at w
     expected = g1 - xi * B @ v
-    res = unrolled(model, tb, vb, xi=xi, momentum=momentum, momentum_buffers=buffers,
-                   weight_decay=wd, mode=mode, r=1e-4 if mode == "finite_difference" else 0.01)
+    res = unrolled(
+        model,
+        tb,
+        vb,
+        xi=xi,
+        momentum=momentum,
+        momentum_buffers=buffers,
+        weight_decay=wd,
+        mode=mode,
+        r=1e-4 if mode == "finite_difference" else 0.01,
+    )
     tol = dict(rtol=1e-10, atol=1e-13) if mode == "exact" else dict(rtol=1e-6, atol=1e-9)
     assert_close(res.grads, expected, **tol)
     assert_close(res.terms["g1"], g1, rtol=1e-10, atol=1e-13)
@@ -112,7 +128,9 @@ class LogRegNet(nn.Module):
         super().__init__()
         self.W = nn.Parameter(0.1 * torch.randn(classes, d, dtype=torch.float64))
         self.b = nn.Parameter(torch.zeros(classes, dtype=torch.float64))
-        self.alpha = nn.Parameter(0.5 * torch.randn(3, dtype=torch.float64))  # registered (P-DARTS style)
+        self.alpha = nn.Parameter(
+            0.5 * torch.randn(3, dtype=torch.float64)
+        )  # registered (P-DARTS style)
         self.lam = lam
 
     def arch_parameters(self):
@@ -122,7 +140,9 @@ class LogRegNet(nn.Module):
         W, b = weights
         a = F.softmax(alphas[0], 0)
         phi = a[0] * x + a[1] * torch.tanh(2 * x) + a[2] * torch.sin(x)
-        return F.cross_entropy(phi @ W.t() + b, y) + 0.5 * self.lam * (W.square().sum() + b.square().sum())
+        return F.cross_entropy(phi @ W.t() + b, y) + 0.5 * self.lam * (
+            W.square().sum() + b.square().sum()
+        )
 
     def _loss(self, x, y):
         return self.pure_loss([self.alpha], [self.W, self.b], x, y)
@@ -134,7 +154,7 @@ def _newton_solve(model: LogRegNet, batch, alpha: Tensor) -> list[Tensor]:
     w = torch.cat([W.reshape(-1), b])
 
     def f(wf):
-        return model.pure_loss([alpha], [wf[: W.numel()].view(shapes[0]), wf[W.numel():]], *batch)
+        return model.pure_loss([alpha], [wf[: W.numel()].view(shapes[0]), wf[W.numel() :]], *batch)
 
     for _ in range(50):
         g = torch.autograd.functional.jacobian(f, w)
@@ -142,7 +162,7 @@ def _newton_solve(model: LogRegNet, batch, alpha: Tensor) -> list[Tensor]:
             break
         w = w - torch.linalg.solve(torch.autograd.functional.hessian(f, w, vectorize=True), g)
     assert float(torch.autograd.functional.jacobian(f, w).norm()) < 1e-13
-    return [w[: W.numel()].view(shapes[0]), w[W.numel():]]
+    return [w[: W.numel()].view(shapes[0]), w[W.numel() :]]
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +170,14 @@ def optimum():
     seed_all(3)
     model = LogRegNet()
     gen = torch.Generator().manual_seed(5)
-    tb = (torch.randn(40, 3, dtype=torch.float64, generator=gen), torch.randint(0, 3, (40,), generator=gen))
-    vb = (torch.randn(30, 3, dtype=torch.float64, generator=gen), torch.randint(0, 3, (30,), generator=gen))
+    tb = (
+        torch.randn(40, 3, dtype=torch.float64, generator=gen),
+        torch.randint(0, 3, (40,), generator=gen),
+    )
+    vb = (
+        torch.randn(30, 3, dtype=torch.float64, generator=gen),
+        torch.randint(0, 3, (30,), generator=gen),
+    )
     alpha = model.alpha.detach().clone()
     with torch.no_grad():
         for p, s in zip((model.W, model.b), _newton_solve(model, tb, alpha)):
@@ -183,8 +209,13 @@ def test_implicit_reference_matches_true_response(optimum):
 
 def test_implicit_cg_converges_to_the_true_hypergradient(optimum):
     model, tb, vb, reference, response, H = optimum
-    errs = [float((flat(implicit_cg(model, tb, vb, iterations=k).grads) - reference).norm()
-                  / reference.norm()) for k in (1, 3, 30)]
+    errs = [
+        float(
+            (flat(implicit_cg(model, tb, vb, iterations=k).grads) - reference).norm()
+            / reference.norm()
+        )
+        for k in (1, 3, 30)
+    ]
     assert errs[2] < 1e-9, errs
     assert errs[0] > errs[2] and errs[1] > errs[2]
     fd = implicit_cg(model, tb, vb, iterations=30, mode="finite_difference", r=1e-4)
@@ -194,8 +225,13 @@ def test_implicit_cg_converges_to_the_true_hypergradient(optimum):
 def test_implicit_neumann_converges_to_the_true_hypergradient(optimum):
     model, tb, vb, reference, response, H = optimum
     gamma = 1.0 / float(torch.linalg.eigvalsh(H).max())
-    errs = [float((flat(implicit_neumann(model, tb, vb, terms=k, gamma=gamma).grads) - reference).norm()
-                  / reference.norm()) for k in (2, 20, 400)]
+    errs = [
+        float(
+            (flat(implicit_neumann(model, tb, vb, terms=k, gamma=gamma).grads) - reference).norm()
+            / reference.norm()
+        )
+        for k in (2, 20, 400)
+    ]
     assert errs[0] > errs[1] > errs[2], errs
     assert errs[2] < 1e-8, errs
 
@@ -214,8 +250,12 @@ def test_implicit_solvers_match_their_dense_formulas():
     g1 = C @ model.w.detach()
     damping = 0.3
     cg = implicit_cg(model, tb, vb, iterations=n, damping=damping)
-    assert_close(cg.grads, g1 - C @ torch.linalg.solve(H + damping * torch.eye(n, dtype=H.dtype), v),
-                 rtol=1e-9, atol=1e-12)
+    assert_close(
+        cg.grads,
+        g1 - C @ torch.linalg.solve(H + damping * torch.eye(n, dtype=H.dtype), v),
+        rtol=1e-9,
+        atol=1e-12,
+    )
     gamma, K = 0.05, 4
     x, p = torch.zeros_like(v), v.clone()
     for _ in range(K):
@@ -232,7 +272,7 @@ def _quadratic_g2s(H: Tensor, C: Tensor, v: Tensor, eta: float):
     model = QuadraticBilevel(C, torch.zeros(n, dtype=H.dtype))
     tb = (H, torch.zeros(n, dtype=H.dtype))
     vb = (torch.zeros(n, n, dtype=H.dtype), -v)  # L_val = v^T w -> grad_w L_val = v
-    g2_amended = amended(model, tb, vb, eta=eta).terms["g2"]       # -eta B H v
+    g2_amended = amended(model, tb, vb, eta=eta).terms["g2"]  # -eta B H v
     g2_exact = implicit_cg(model, tb, vb, iterations=n).terms["g2"]  # -B H^-1 v
     return g2_amended, g2_exact
 
@@ -261,7 +301,7 @@ def test_angle_claim_fails_on_the_design_counterexample(k):
     assert list_cosine(g2a, g2) == pytest.approx(-1.0, abs=1e-12)
 
 
-# --------------------------------------------------------------------------- purity, options, errors
+# ----------------------------------------------------------------------- purity, options, errors
 
 _OPTIONS = {
     "first_order": {},
@@ -319,7 +359,9 @@ def test_bad_inputs_raise_clear_errors():
     before = snapshot(model)
     with pytest.raises(ValueError, match="invalid eta"):
         amended(model, tb, vb, eta=-0.1)
-    with pytest.raises(ValueError, match="unknown estimator 'second_order'; valid names: first_order"):
+    with pytest.raises(
+        ValueError, match="unknown estimator 'second_order'; valid names: first_order"
+    ):
         get_estimator("second_order")
     with pytest.raises(ValueError, match="needs xi"):
         unrolled(model, tb, vb)
@@ -347,8 +389,14 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_estimator_options_and_write_grads():
     assert estimator_options("amended") == {"eta": 0.1, "mode": "exact", "r": 0.01}
-    assert set(estimator_options("unrolled")) == {"xi", "momentum", "momentum_buffers", "weight_decay",
-                                                  "mode", "r"}
+    assert set(estimator_options("unrolled")) == {
+        "xi",
+        "momentum",
+        "momentum_buffers",
+        "weight_decay",
+        "mode",
+        "r",
+    }
     model, tb, vb = _mlp()
     res = amended(model, tb, vb)
     alphas = model.arch_parameters()

@@ -1,4 +1,5 @@
 """darts_amend.hvp against dense float64 Hessians (torch.autograd.functional.hessian)."""
+
 from __future__ import annotations
 
 import math
@@ -6,6 +7,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import (
+    DEVICE,
+    MixedMLP,
+    assert_close,
+    assert_same_state,
+    dense_blocks,
+    flat,
+    make_batch,
+    one_thread,  # noqa: F401  (autouse fixture)
+    seed_all,
+    snapshot,
+    unflat,
+)
 from torch import nn
 
 from darts_amend.hvp import (
@@ -18,19 +32,6 @@ from darts_amend.hvp import (
     preserve_state,
     resolve_loss,
     split_parameters,
-)
-from helpers import (  # one_thread: autouse fixture
-    one_thread,
-    DEVICE,
-    MixedMLP,
-    assert_close,
-    assert_same_state,
-    dense_blocks,
-    flat,
-    make_batch,
-    seed_all,
-    snapshot,
-    unflat,
 )
 
 
@@ -50,8 +51,12 @@ def test_exact_products_match_dense(batchnorm):
     u_a = [torch.randn_like(a) for a in alphas]
     assert_close(hessian_vector_product(model, batch, u_w), H @ flat(u_w), rtol=1e-10, atol=1e-12)
     assert_close(mixed_vector_product(model, batch, u_w), B @ flat(u_w), rtol=1e-10, atol=1e-12)
-    assert_close(hessian_vector_product(model, batch, u_a, wrt="alphas"), A @ flat(u_a),
-                 rtol=1e-10, atol=1e-12)
+    assert_close(
+        hessian_vector_product(model, batch, u_a, wrt="alphas"),
+        A @ flat(u_a),
+        rtol=1e-10,
+        atol=1e-12,
+    )
 
 
 def test_finite_difference_matches_dense_and_error_shrinks_quadratically():
@@ -65,7 +70,9 @@ def test_finite_difference_matches_dense_and_error_shrinks_quadratically():
         got = {
             "H": hessian_vector_product(model, batch, u_w, mode="finite_difference", r=r),
             "B": mixed_vector_product(model, batch, u_w, mode="finite_difference", r=r),
-            "A": hessian_vector_product(model, batch, u_a, wrt="alphas", mode="finite_difference", r=r),
+            "A": hessian_vector_product(
+                model, batch, u_a, wrt="alphas", mode="finite_difference", r=r
+            ),
         }
         for k in refs:
             errors[k].append(float((flat(got[k]) - refs[k]).norm() / refs[k].norm()))
@@ -93,7 +100,9 @@ def test_zero_vector_gives_zero_in_both_modes():
     model, batch, alphas, weights, *_ = _setup()
     zeros = [torch.zeros_like(w) for w in weights]
     for mode in ("exact", "finite_difference"):
-        assert float(flat(hessian_vector_product(model, batch, zeros, mode=mode)).abs().max()) == 0.0
+        assert (
+            float(flat(hessian_vector_product(model, batch, zeros, mode=mode)).abs().max()) == 0.0
+        )
         assert float(flat(mixed_vector_product(model, batch, zeros, mode=mode)).abs().max()) == 0.0
 
 
@@ -107,7 +116,9 @@ def test_products_leave_state_exactly_as_found(mode):
     u = [torch.randn_like(w) for w in weights]
     hessian_vector_product(model, batch, u, mode=mode)
     mixed_vector_product(model, batch, u, mode=mode)
-    hessian_vector_product(model, batch, [torch.randn_like(a) for a in alphas], wrt="alphas", mode=mode)
+    hessian_vector_product(
+        model, batch, [torch.randn_like(a) for a in alphas], wrt="alphas", mode=mode
+    )
     assert_same_state(before, snapshot(model))
     if mode == "exact":  # exact mode never writes the parameters at all
         assert version == [p._version for p in model.parameters()]
@@ -127,7 +138,9 @@ def test_state_restored_when_loss_raises(mode):
         return out
 
     with pytest.raises(RuntimeError, match="boom"):
-        mixed_vector_product(model, batch, [torch.randn_like(w) for w in weights], loss_fn=flaky, mode=mode)
+        mixed_vector_product(
+            model, batch, [torch.randn_like(w) for w in weights], loss_fn=flaky, mode=mode
+        )
     assert_same_state(before, snapshot(model))
 
 
@@ -247,8 +260,10 @@ def test_resolve_loss_default_and_custom():
     loss = resolve_loss()(net, x, y)
     assert torch.equal(loss, F.cross_entropy(net(x)[0], y))
     model = MixedMLP()
-    assert torch.equal(resolve_loss()(model, x.new_zeros(5, 4), y.clamp(max=2)),
-                       model._loss(x.new_zeros(5, 4), y.clamp(max=2)))
+    assert torch.equal(
+        resolve_loss()(model, x.new_zeros(5, 4), y.clamp(max=2)),
+        model._loss(x.new_zeros(5, 4), y.clamp(max=2)),
+    )
     custom = lambda m, a, b: m._loss(a, b) * 2  # noqa: E731
     assert resolve_loss(custom) is custom
     with pytest.raises(TypeError, match="callable"):
