@@ -210,9 +210,9 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def _prepare(args: argparse.Namespace, cls: type, presets: dict) -> tuple[Any, Any]:
-    """Config (with resume rules) and folder, validated before anything is written."""
-    from .runtime import RunFolder, setup_distributed
+def _config(args: argparse.Namespace, cls: type, presets: dict) -> Any:
+    """The validated config (a resumed run starts from its stored one); writes nothing."""
+    from .runtime import RunFolder
 
     command = args.command
     if args.resume and args.force:
@@ -238,13 +238,36 @@ def _prepare(args: argparse.Namespace, cls: type, presets: dict) -> tuple[Any, A
         _validate_search(cfg, world)
     else:
         _validate_common(cfg, world)
-    output = Path(args.output) if args.output else _default_output(command, cfg.dataset)
-    folder = RunFolder(output)
-    if args.resume:
-        folder.check_resumable(command, config_to_dict(cfg))
-    else:
-        folder.check_fresh(command, args.force)
-    return cfg, folder
+    return cfg
+
+
+def _open_folder(args: argparse.Namespace, cfg: Any, d: Any) -> Any:
+    """Rank 0 checks (and on a fresh run starts) the output folder; every rank gets the same
+    folder or the same error."""
+    from .runtime import RunFolder
+
+    error, path = None, None
+    if d.is_main:
+        try:
+            path = Path(args.output) if args.output else _default_output(args.command,
+                                                                           cfg.dataset)
+            folder = RunFolder(path)
+            if args.resume:
+                folder.check_resumable(args.command, config_to_dict(cfg))
+            else:
+                folder.check_fresh(args.command, args.force)
+                folder.start(args.command, config_to_dict(cfg), force=args.force)
+        except CLIError as err:
+            error = str(err)
+    if d.enabled:
+        import torch.distributed as dist
+
+        box = [error, None if path is None else str(path)]
+        dist.broadcast_object_list(box, src=0)
+        error, path = box[0], box[1]
+    if error is not None:
+        raise CLIError(error)
+    return RunFolder(path, writer=d.is_main)
 
 
 def _data(cfg: Any, command: str, seed: int):
@@ -273,7 +296,7 @@ def _run(args: argparse.Namespace) -> int:
     command = args.command
     cls, presets = (SearchConfig, SEARCH_PRESETS) if command == "search" else (TrainConfig,
                                                                                TRAIN_PRESETS)
-    cfg, folder = _prepare(args, cls, presets)
+    cfg = _config(args, cls, presets)
     genotype = None
     if command == "train":
         from .train import load_genotype
@@ -281,21 +304,23 @@ def _run(args: argparse.Namespace) -> int:
         genotype = load_genotype(cfg.genotype)
     train_set, test_set, info, split = _data(cfg, command, cfg.seed)
     d, device = setup_distributed(cfg.device)
-    folder.writer = d.is_main
-    ckpt = None
-    if args.resume:
-        ckpt = _load_checkpoint(folder / "checkpoint.pt")
-        folder.truncate_metrics(ckpt["epoch"])
-    else:
-        folder.start(command, config_to_dict(cfg), force=args.force)
     threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     try:
+        folder = _open_folder(args, cfg, d)
+        ckpt = None
+        if args.resume:
+            ckpt = _load_checkpoint(folder / "checkpoint.pt")
+            folder.truncate_metrics(ckpt["epoch"])
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         return _execute(args, cfg, folder, genotype, train_set, test_set, info, split, d, device,
                         ckpt)
     finally:
         torch.set_num_threads(threads)
+        if d.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 def _execute(args, cfg, folder, genotype, train_set, test_set, info, split, d, device,

@@ -30,6 +30,7 @@ __all__ = [
     "seed_everything",
     "epoch_loader",
     "all_reduce_sums",
+    "broadcast_buffers",
 ]
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "genotype.json", "summary.json")
@@ -40,6 +41,7 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this run initialised the process group (and tears it down)
 
     @property
     def enabled(self) -> bool:
@@ -57,12 +59,13 @@ def setup_distributed(device_flag: str) -> tuple[Dist, torch.device]:
         return Dist(), pick_device(device_flag, 0)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_flag, local)
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
-    return Dist(rank, world, local), device
+    return Dist(rank, world, local, owns), device
 
 
 def pick_device(flag: str, local_rank: int = 0) -> torch.device:
@@ -90,6 +93,13 @@ def all_reduce_sums(values: list[float], d: Dist, device: torch.device) -> list[
                      device=device if device.type == "cuda" else "cpu")
     dist.all_reduce(t)
     return t.tolist()
+
+
+def broadcast_buffers(module: torch.nn.Module, d: Dist) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank."""
+    if d.enabled:
+        for b in module.buffers():
+            dist.broadcast(b, src=0)
 
 
 # --------------------------------------------------------------------------- folder

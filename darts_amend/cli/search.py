@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .config import SearchConfig
 from .runtime import (
+    broadcast_buffers,
     Dist,
     RunFolder,
     all_reduce_sums,
@@ -247,6 +248,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
         n_finite = max(steps - arch["nonfinite"], 1.0)
         valid_eval = epoch_loader(ctx.train_set, valid_idx, batch_size=local_bs, epoch=0,
                                   seed=cfg.seed, d=d, workers=ctx.workers, shuffle=False)
+        broadcast_buffers(net, d)
         valid_loss, valid_acc = evaluate(net, valid_eval, device, d)
         signals = collapse_signals(net, threshold=cfg.converge_threshold)
         genotype = net.genotype()
@@ -298,7 +300,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
 
     genotype = net.genotype()
     summary = {
-        "command": "search", "epochs_run": epoch, "alpha_steps": alpha_steps,
+        "command": "search", "world_size": d.world_size, "epochs_run": epoch, "alpha_steps": alpha_steps,
         "stop_reason": stop_reason, "converged": converged_run > 0,
         "converged_epochs": converged_run,
         "valid_acc": last.get("valid_acc", history[-1]["valid_acc"] if history else None),

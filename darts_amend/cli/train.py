@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .config import CLIError, TrainConfig, train_family_defaults
 from .runtime import (
+    broadcast_buffers,
     Dist,
     RunFolder,
     all_reduce_sums,
@@ -219,6 +220,7 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
             [acc.loss, acc.correct, acc.count, acc.steps, acc.step_time], d, device)
         test_loader = epoch_loader(ctx.test_set, test_idx, batch_size=local_bs, epoch=0,
                                    seed=cfg.seed, d=d, workers=ctx.workers, shuffle=False)
+        broadcast_buffers(net, d)
         test_loss, top1, top5 = evaluate(net, test_loader, device, d, autocast)
         record = {"epoch": epoch, "lr": lr, "drop_path_prob": net.drop_path_prob,
                   "train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
@@ -236,7 +238,7 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
     if not last:  # resumed a finished run: report its last line
         rows = folder.read_metrics()
         last = rows[-1] if rows else {"test_acc": float("nan"), "test_acc_top5": float("nan")}
-    summary = {"command": "train", "epochs_run": epoch, "layers": layers, "params": params,
+    summary = {"command": "train", "world_size": d.world_size, "epochs_run": epoch, "layers": layers, "params": params,
                "test_acc": last["test_acc"], "test_acc_top5": last["test_acc_top5"],
                "genotype": genotype.to_dict()}
     if d.is_main:
