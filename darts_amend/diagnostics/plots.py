@@ -157,8 +157,7 @@ def plot_run(run_dir: str | Path, *, path: str | Path | None = None) -> Path:
             else:
                 ax_ent.plot(x, y, "-", label=_ENTROPY.match(key)["kind"])
             drawn = True
-    if drawn:
-        ax_ent.set_ylim(-0.02, 1.02)
+    if drawn:  # autoscaled: early in a search the entropy moves in the 4th decimal
         ax_ent.legend(fontsize=7, ncol=2)
     else:
         _empty(ax_ent, "entropy")
