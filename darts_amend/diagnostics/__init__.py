@@ -21,7 +21,7 @@ For the search command (what to call, once per search epoch)::
             break
         if args.stop_when_converged and record.get("collapse/converged"):
             break
-    plot_run(run_dir)                    # -> run_dir/diagnostics.png; also `darts-amend plot RUN_DIR`
+    plot_run(run_dir)                    # run_dir/diagnostics.png; also `darts-amend plot RUN_DIR`
 
 ``epoch_diagnostics`` returns flat, strictly JSON-serialisable keys (None for undefined values):
 ``collapse/skip_share``, ``collapse/entropy/<kind>``, ``collapse/entropy_mean``,
@@ -43,8 +43,15 @@ See docs/diagnostics.md for what each signal means and what it costs.
 from __future__ import annotations
 
 from .alignment import AlignmentReport, EstimatorAlignment, alignment, dense_hypergradient
-from .collapse import (EarlyStopDecision, convergence_rule, edge_entropy, eigen_early_stop,
-                       kept_ops, kept_weights, skip_share)
+from .collapse import (
+                       EarlyStopDecision,
+                       convergence_rule,
+                       edge_entropy,
+                       eigen_early_stop,
+                       kept_ops,
+                       kept_weights,
+                       skip_share,
+)
 from .epoch import collapse_signals, epoch_diagnostics
 from .plots import FIGURE_NAME, plot_run, read_metrics
 from .spectral import EigenResult, dominant_eigenvalue, lanczos, power_iteration

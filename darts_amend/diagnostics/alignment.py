@@ -102,8 +102,14 @@ def dense_hypergradient(
     this refuses models with more than ``max_weights`` weights) and solved densely; it must be
     non-singular. Both results are tuples aligned with ``model.arch_parameters()``.
     """
-    from darts_amend.hvp import (check_batch, preserve_state, resolve_loss,
-                                 second_order_products, split_parameters, unwrap_model)
+    from darts_amend.hvp import (
+        check_batch,
+        preserve_state,
+        resolve_loss,
+        second_order_products,
+        split_parameters,
+        unwrap_model,
+    )
 
     alphas, weights = split_parameters(model)
     net = unwrap_model(model)
@@ -119,7 +125,8 @@ def dense_hypergradient(
         val = loss(net, valid_batch[0], valid_batch[1])
         params = list(alphas) + list(weights)
         grads = torch.autograd.grad(val, params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, params)]
+        grads = [torch.zeros_like(p) if g is None else g.detach()
+                 for g, p in zip(grads, params, strict=True)]
         g1, v = grads[: len(alphas)], _flatten(grads[len(alphas):])
         # H column by column (one double backward each, on one shared graph), then B H^-1 v
         products = second_order_products(net, train_batch, loss, alphas, weights, mode="exact")

@@ -175,7 +175,7 @@ def eigen_early_stop(
         raise ValueError(f"invalid window / lag: {window} / {lag}")
     if not factor > 1:
         raise ValueError(f"invalid factor: {factor} (must be > 1)")
-    if any(b <= a for a, b in zip(epochs, epochs[1:])):
+    if any(b <= a for a, b in zip(epochs, epochs[1:], strict=False)):
         raise ValueError("epochs must be strictly increasing")
     ev = [float(x) for x in eigenvalues]
     if not all(math.isfinite(x) for x in ev):

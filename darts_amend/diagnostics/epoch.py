@@ -12,8 +12,15 @@ import torch
 from torch import Tensor, nn
 
 from .alignment import DEFAULT_ESTIMATORS, alignment
-from .collapse import (EarlyStopDecision, convergence_rule, edge_entropy, eigen_early_stop,
-                       kept_ops, kept_weights, skip_share)
+from .collapse import (
+    EarlyStopDecision,
+    convergence_rule,
+    edge_entropy,
+    eigen_early_stop,
+    kept_ops,
+    kept_weights,
+    skip_share,
+)
 from .spectral import dominant_eigenvalue
 
 __all__ = ["collapse_signals", "epoch_diagnostics"]
@@ -72,7 +79,8 @@ def collapse_signals(model: nn.Module, *, threshold: float = 0.5) -> dict[str, A
     else:
         if kept is None:
             kept = {kind: kept_ops(w, op_names) for kind, w in weights.items()}
-        out["collapse/skip_share"] = skip_share([op_names[o] for ks in kept.values() for _, o in ks])
+        names = [op_names[o] for ks in kept.values() for _, o in ks]
+        out["collapse/skip_share"] = skip_share(names)
     if kept_w.numel() == 0:
         raise ValueError("the supernet keeps no operation")
     out["collapse/kept_weight_min"] = float(kept_w.min())
@@ -88,8 +96,11 @@ def _eigen_history(history: Sequence[Mapping[str, Any]], epoch: int,
     epochs, values = [], []
     for i, rec in enumerate(history):
         v = rec.get("eig/alphas")
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            epochs.append(int(rec.get("epoch", i)))
+        e = int(rec.get("epoch", i))
+        # records of this epoch or later (a resumed run replaying its log) are not history
+        if e < epoch and isinstance(v, (int, float)) and not isinstance(v, bool) \
+                and math.isfinite(v):
+            epochs.append(e)
             values.append(float(v))
     if current is not None:
         epochs.append(epoch)

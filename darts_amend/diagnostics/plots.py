@@ -55,7 +55,7 @@ def _number(value: Any) -> float | None:
 
 
 def _series(records: list[dict[str, Any]], xs: list[float], key: str) -> tuple[list, list]:
-    pts = [(x, _number(r.get(key))) for x, r in zip(xs, records)]
+    pts = [(x, _number(r.get(key))) for x, r in zip(xs, records, strict=True)]
     pts = [(x, y) for x, y in pts if y is not None]
     return [p[0] for p in pts], [p[1] for p in pts]
 
@@ -164,7 +164,7 @@ def plot_run(run_dir: str | Path, *, path: str | Path | None = None) -> Path:
 
     marks = (("diag/early_stop", "early stop", "C3"), ("collapse/converged", "converged", "C2"))
     for key, label, color in marks:
-        first = next((x for x, r in zip(xs, records) if r.get(key) is True), None)
+        first = next((x for x, r in zip(xs, records, strict=True) if r.get(key) is True), None)
         if first is not None:
             for ax in axes.flat:
                 ax.axvline(first, color=color, lw=1, ls="--")

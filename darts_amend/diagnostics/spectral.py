@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -234,7 +233,7 @@ def hessian_matvec(
             hv = torch.autograd.grad([grads[i] for i in live], params,
                                      grad_outputs=[pieces[i] for i in live],
                                      retain_graph=True, allow_unused=True)
-            out = [o if h is None else h.detach() for o, h in zip(out, hv)]
+            out = [o if h is None else h.detach() for o, h in zip(out, hv, strict=True)]
         return _flatten(out)
 
     return matvec, [p.detach() for p in params]
