@@ -410,7 +410,8 @@ def test_epoch_diagnostics_on_s1_supernet(one_thread) -> None:
     rng = torch.get_rng_state()
     grown = [{"epoch": e, "eig/alphas": 1e-3 if e < 12 else 1.0} for e in range(16)]
     now = collapse_signals(net)["collapse/genotype"]
-    history = grown + [{"epoch": 16, "collapse/genotype": now}]
+    stale = [{"epoch": 17, "eig/alphas": 1e6}]  # a replayed record of this epoch: not history
+    history = grown + stale + [{"epoch": 16, "collapse/genotype": now}]
     rec = epoch_diagnostics(net, train, valid, epoch=17, history=history, every=1,
                             eigen_iterations=4, early_stop={"start_epoch": 0},
                             estimators={"amended": {"eta": 0.1}},
