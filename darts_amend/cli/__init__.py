@@ -193,6 +193,8 @@ def _validate_common(cfg: Any, world: int) -> None:
                        f"the {world} torchrun processes")
     if cfg.learning_rate is not None and cfg.learning_rate <= 0:
         raise CLIError(f"invalid --learning_rate {cfg.learning_rate}")
+    if cfg.time_limit < 0:
+        raise CLIError(f"invalid --time_limit {cfg.time_limit}")
     if cfg.steps_per_epoch < 0:
         raise CLIError(f"invalid --steps_per_epoch {cfg.steps_per_epoch}")
     if cfg.threads is not None and cfg.threads < 1:
@@ -390,7 +392,8 @@ def _finish(command: str, cfg: Any, folder: Any, summary: dict[str, Any], quiet:
               f"valid accuracy {summary['valid_acc']:.4f}", file=out)
         print(f"genotype: {folder.path / 'genotype.json'}", file=out)
     else:
-        print(f"train finished after {summary['epochs_run']} epochs: test accuracy "
+        print(f"train finished ({summary['stop_reason']}) after {summary['epochs_run']} "
+              f"epochs: test accuracy "
               f"{summary['test_acc']:.4f} (top-5 {summary['test_acc_top5']:.4f}), "
               f"{summary['params']:,} parameters", file=out)
     print(f"metrics: {folder.path / 'metrics.jsonl'}", file=out)

@@ -86,6 +86,8 @@ class SearchConfig:
                                  "genotype is unchanged for this many epochs (0 = off)",
                               alias="--until-converged")
     converge_threshold: float = _f(0.5, "kept-op softmax weight of the convergence rule")
+    time_limit: float = _f(0.0, "stop after the epoch in which this many seconds of this "
+                                "invocation have passed (0 = off); --resume continues")
     diag_every: int = _f(0, "every N epochs also measure the alpha-Hessian eigenvalue and the "
                             "estimators' alignment with implicit CG (0 = only the cheap "
                             "skip-share / entropy / kept-weight signals, every epoch)")
@@ -133,6 +135,8 @@ class TrainConfig:
     amp: bool = _f(False, "mixed precision: float16 autocast + grad scaling on CUDA, "
                           "bfloat16 autocast on CPU")
     steps_per_epoch: int = _f(0, "cap on steps per epoch (0 = the whole training set)")
+    time_limit: float = _f(0.0, "stop after the epoch in which this many seconds of this "
+                                "invocation have passed (0 = off); --resume continues")
     seed: int = _f(0, "random seed")
     workers: int | None = _f(None, "data-loader workers (default: 0 for digits/fake, else 4)")
     device: str = _f("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
@@ -169,8 +173,8 @@ SEARCH_PRESETS: dict[str, dict[str, Any]] = {
                        batch_size=96, epochs=100, cutout=True, drop_path_prob=0.2,
                        auxiliary=True, auxiliary_weight=0.4, eta=0.1, estimator="amended"),
     # a CPU-sized run on the bundled digits: a few minutes on 2 cores
-    "tiny": dict(dataset="digits", space="s1", layers=3, init_channels=8, batch_size=32,
-                 epochs=12, learning_rate=0.05, arch_learning_rate=3e-3),
+    "tiny": dict(dataset="digits", space="s1", layers=3, init_channels=6, batch_size=64,
+                 epochs=6, learning_rate=0.05, arch_learning_rate=3e-3),
 }
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -182,7 +186,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # keys that do not change what a run computes: they may differ when resuming
-RUN_KEYS = frozenset({"data", "download", "workers", "device", "threads", "progress", "plots"})
+RUN_KEYS = frozenset({"data", "download", "workers", "device", "threads", "progress", "plots",
+                      "time_limit"})
 
 
 # --------------------------------------------------------------------------- flags

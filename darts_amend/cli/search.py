@@ -157,6 +157,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
     train_idx, valid_idx = ctx.split
     stop_reason = "epochs"
     epoch = start_epoch
+    run_start = time.perf_counter()
     last: dict[str, Any] = {}
 
     def checkpoint(epoch_: int, step_: int, accum: _Accum) -> None:
@@ -296,6 +297,10 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
                      f"({record['epoch_seconds']:.1f} s)")
         if cfg.until_converged and converged_run >= cfg.until_converged:
             stop_reason = "converged"
+            break
+        if cfg.time_limit and time.perf_counter() - run_start >= cfg.time_limit and \
+                epoch < cfg.epochs:
+            stop_reason = "time_limit"
             break
 
     genotype = net.genotype()

@@ -168,6 +168,8 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
     test_idx = list(range(len(ctx.test_set)))
     last: dict[str, Any] = {}
     epoch = start_epoch
+    run_start = time.perf_counter()
+    stop_reason = "epochs"
     while epoch < cfg.epochs:
         t0 = time.perf_counter()
         net.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
@@ -235,10 +237,15 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
         checkpoint(epoch, 0, acc)
         ctx.echo(f"epoch {epoch}/{cfg.epochs}: train acc {record['train_acc']:.3f} "
                  f"test acc {top1:.4f} ({record['epoch_seconds']:.1f} s)")
+        if cfg.time_limit and time.perf_counter() - run_start >= cfg.time_limit and \
+                epoch < cfg.epochs:
+            stop_reason = "time_limit"
+            break
     if not last:  # resumed a finished run: report its last line
         rows = folder.read_metrics()
         last = rows[-1] if rows else {"test_acc": float("nan"), "test_acc_top5": float("nan")}
-    summary = {"command": "train", "world_size": d.world_size, "epochs_run": epoch, "layers": layers, "params": params,
+    summary = {"command": "train", "world_size": d.world_size, "epochs_run": epoch,
+               "stop_reason": stop_reason, "layers": layers, "params": params,
                "test_acc": last["test_acc"], "test_acc_top5": last["test_acc_top5"],
                "genotype": genotype.to_dict()}
     if d.is_main:
