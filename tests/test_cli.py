@@ -142,8 +142,11 @@ def test_config_precedence_preset_yaml_flags(tmp_path):
     # preset tiny (digits, s1, ...) < YAML (s2, eta 0.3) < flags (--amend_eta 0.2, fake data)
     rc = main(["search", "--preset", "tiny", "--config", str(cfg), "--amend_eta", "0.2",
                *TINY[:8], "--batch_size", "4", "--steps_per_epoch", "1", "--epochs", "1",
-               "--threads", "1", "--no-progress", "--no-plots", "-q", "--output", str(out)])
+               "--threads", "1", "--no-progress", "--no-plots", "-q", "--diag_every", "1",
+               "--output", str(out)])
     assert rc == 0
+    row = _lines(out)[0]  # --diag_every: curvature and alignment from darts_amend.diagnostics
+    assert np.isfinite(row["eig/alphas"]) and -1 <= row["align/amended/cos_g2"] <= 1
     stored = json.loads((out / "config.json").read_text())["config"]
     assert stored["eta"] == 0.2 and stored["layers"] == 2
     assert stored["space"] == "s1"  # the flag in TINY beats YAML's s2
