@@ -293,3 +293,24 @@ def test_help_and_patch_repo_are_wired(capsys):
     assert "--arch_learning_rate" in text and "--until-converged" in text
     assert main(["patch-repo", "--help"]) == 0
     assert main([]) == 2
+
+
+def test_imagenet_recipe_search_and_train_on_jpegs(tmp_path):
+    data = tmp_path / "inet"
+    _write_jpegs(data, "train", 4)
+    _write_jpegs(data, "val", 1)
+    common = ["--dataset", "imagenet", "--data", str(data), "--image_size", "32",
+              "--init_channels", "4", "--batch_size", "2", "--epochs", "1", "--threads", "1",
+              "--no-progress", "--no-plots", "-q"]
+    assert main(["search", *common, "--space", "s1", "--layers", "2", "--steps_per_epoch",
+                 "1", "--output", str(tmp_path / "s")]) == 0
+    assert main(["train", "--genotype", str(tmp_path / "s"), *common, "--layers", "3",
+                 "--no-auxiliary", "--output", str(tmp_path / "t")]) == 0
+    cfg = json.loads((tmp_path / "t" / "config.json").read_text())["config"]
+    assert (cfg["learning_rate"], cfg["lr_schedule"], cfg["label_smooth"], cfg["weight_decay"],
+            cfg["cutout"]) == (0.5, "linear", 0.1, 3e-5, False)
+    from darts_amend.supernet import Genotype, NetworkImageNet
+
+    genotype = Genotype.from_json((tmp_path / "s" / "genotype.json").read_text())
+    net = NetworkImageNet(4, 2, 3, False, genotype)
+    net.load_state_dict(_ckpt(tmp_path / "t")["model"])

@@ -178,6 +178,9 @@ def _validate_search(cfg: SearchConfig, world: int) -> None:
                        f"--init_channels {cfg.init_channels}")
     if not 0 <= cfg.drop_path_prob < 1 or not 0 <= cfg.dropout < 1:
         raise CLIError("--drop_path_prob and --dropout must be in [0, 1)")
+    if cfg.dataset == "imagenet" and cfg.init_channels % 2:
+        raise CLIError(f"--init_channels {cfg.init_channels}: the ImageNet stem needs an even "
+                       f"channel count")
     if cfg.estimator != "amended" and cfg.eta != SearchConfig.eta:
         raise CLIError(f"--eta applies to --estimator amended only (got --estimator "
                        f"{cfg.estimator})")

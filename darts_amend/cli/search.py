@@ -115,6 +115,8 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
         in_channels=ctx.info.in_channels, partial_channels=cfg.partial_channels,
         edge_normalization=cfg.edge_normalization, drop_path_prob=cfg.drop_path_prob,
         dropout=cfg.dropout, auxiliary=cfg.auxiliary, auxiliary_weight=cfg.auxiliary_weight,
+        # ImageNet-sized inputs: the stride-8 stem of DARTS' ImageNet network (as PC-DARTS)
+        stem="imagenet" if cfg.dataset == "imagenet" else "cifar",
     ).to(device)
     if d.enabled:  # identical alphas and weights on every rank from the start
         for t in list(net.parameters()) + list(net.buffers()):
