@@ -51,7 +51,7 @@ def _train_cmd(args: argparse.Namespace, search_dir: Path, out: Path) -> list[st
 
 def _run_all(cmds: list[list[str]], logs: list[Path]) -> list[int]:
     procs = []
-    for cmd, log in zip(cmds, logs):
+    for cmd, log in zip(cmds, logs, strict=True):
         fh = open(log, "w")
         procs.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
                                        env={**os.environ, "OMP_NUM_THREADS": "1"}), fh))

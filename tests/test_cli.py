@@ -97,7 +97,8 @@ def test_resume_after_ctrl_c_equals_uninterrupted(search_run, tmp_path, monkeypa
     full, resumed = _ckpt(search_run), _ckpt(out)
     for key, value in full["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
-    for a, b in zip(full["architect"]["alphas"], resumed["architect"]["alphas"]):
+    for a, b in zip(full["architect"]["alphas"], resumed["architect"]["alphas"],
+                    strict=True):
         assert torch.equal(a, b)
     assert (out / "genotype.json").read_text() == (search_run / "genotype.json").read_text()
     strip = [{k: v for k, v in r.items() if k not in TIMING} for r in _lines(search_run)]
@@ -195,8 +196,8 @@ def test_train_image_folder_from_search_folder_with_amp(search_run, tmp_path):
     out = tmp_path / "train-folder"
     rc = main(["train", "--genotype", str(search_run), "--dataset", "folder", "--data",
                str(data), "--image_size", "8", "--layers", "2", "--init_channels", "4",
-               "--epochs", "1", "--batch_size", "4", "--no-auxiliary", "--amp", "--workers", "0", "--threads",
-               "1", "--no-progress", "--no-plots", "-q", "--output", str(out)])
+               "--epochs", "1", "--batch_size", "4", "--no-auxiliary", "--amp", "--workers", "0",
+               "--threads", "1", "--no-progress", "--no-plots", "-q", "--output", str(out)])
     assert rc == 0
     row = _lines(out)[0]
     assert row["test_acc"] in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 test images

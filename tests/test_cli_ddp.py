@@ -58,7 +58,7 @@ def test_torchrun_two_ranks_keep_identical_alphas(tmp_path):
     assert r0["rc"] == r1["rc"] == 0
     # 8 weight-half images, global batch 4 = 2 per rank: 2 steps per epoch on each rank
     assert r0["steps"] == r1["steps"] == 4
-    for a, b in zip(r0["alphas"], r1["alphas"]):
+    for a, b in zip(r0["alphas"], r1["alphas"], strict=True):
         assert torch.equal(a, b)
     # weights through DDP; BatchNorm statistics are re-synchronised from rank 0 before each
     # evaluation and forward, so after the last evaluation they agree too
@@ -67,10 +67,8 @@ def test_torchrun_two_ranks_keep_identical_alphas(tmp_path):
     for key, value in r0["buffers"].items():
         assert torch.equal(value, r1["buffers"][key]), key
     ck = torch.load(out / "checkpoint.pt", weights_only=False)
-    for a, b in zip(ck["architect"]["alphas"], r0["alphas"]):
+    for a, b in zip(ck["architect"]["alphas"], r0["alphas"], strict=True):
         assert torch.equal(a, b)
-    init = ck["architect"]["alphas"][0].abs().max()
-    assert init > 0 and not torch.equal(ck["architect"]["alphas"][0], torch.zeros_like(r0["alphas"][0]))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2  # rank 0 alone wrote the metrics
     assert [r["alpha_steps"] for r in rows] == [2, 4]

@@ -72,7 +72,8 @@ class SearchConfig:
     estimator: str = _f("amended", "hypergradient estimator", choices=ESTIMATOR_NAMES)
     eta: float = _f(0.1, "amending coefficient (estimator amended)", alias="--amend_eta")
     hvp_mode: str = _f("exact", "Hessian products: exact (double backward) or finite_difference "
-                                "(every estimator but first_order)", choices=("exact", "finite_difference"))
+                                "(every estimator but first_order)",
+                       choices=("exact", "finite_difference"))
     fd_r: float = _f(0.01, "finite-difference step scale r (step = r / ||v||)")
     cg_iterations: int = _f(10, "conjugate-gradient iterations (implicit_cg)")
     cg_damping: float = _f(0.0, "damping added to H (implicit_cg)")
@@ -270,7 +271,8 @@ def _load_yaml(path: str, cls: type) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise CLIError(f"config file {p} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
-        raise CLIError(f"config file {p} must hold a mapping of settings, got {type(data).__name__}")
+        raise CLIError(f"config file {p} must hold a mapping of settings, "
+                       f"got {type(data).__name__}")
     return dict(_coerce(cls, k, v, f"config file {p}") for k, v in data.items())
 
 

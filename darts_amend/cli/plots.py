@@ -46,7 +46,7 @@ def plot_alphas(run_dir: Path, path: Path | None = None) -> Path:
     op_names = _op_names(config.get("space"), len(records[0]["alphas"][kinds[0]][0]))
     epochs = [r["epoch"] + 1 for r in records]
     fig, axes = _figure(1, len(kinds) + 1, (4.2 * (len(kinds) + 1), 3.8))
-    for ax, kind in zip(axes[0], kinds):
+    for ax, kind in zip(axes[0], kinds, strict=False):
         for o, name in enumerate(op_names):
             ys = [sum(edge[o] for edge in r["alphas"][kind]) / len(r["alphas"][kind])
                   for r in records]
@@ -94,7 +94,7 @@ def plot_curves(run_dir: Path, path: Path | None = None) -> Path:
         axes[0][0].plot(epochs, [r.get(key, math.nan) for r in records], style, label=key)
     for key, style in (("train_acc", "-"), ("test_acc", "--"), ("test_acc_top5", ":")):
         axes[0][1].plot(epochs, [r.get(key, math.nan) for r in records], style, label=key)
-    for ax, title in zip(axes[0], ("loss", "accuracy")):
+    for ax, title in zip(axes[0], ("loss", "accuracy"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)

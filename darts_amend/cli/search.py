@@ -12,7 +12,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,11 +21,12 @@ from torch import Tensor, nn
 
 from .config import SearchConfig
 from .runtime import (
-    broadcast_buffers,
     Dist,
     RunFolder,
     all_reduce_sums,
     atomic_save,
+    batches_per_epoch,
+    broadcast_buffers,
     epoch_loader,
     rng_state,
     seed_everything,
@@ -57,7 +57,8 @@ def estimator_options(cfg: SearchConfig) -> dict[str, Any]:
     return opts
 
 
-def _weight_loss(net: nn.Module, out: Tensor | tuple[Tensor, Tensor], y: Tensor) -> tuple[Tensor, Tensor]:
+def _weight_loss(net: nn.Module, out: Tensor | tuple[Tensor, Tensor],
+                 y: Tensor) -> tuple[Tensor, Tensor]:
     """(loss, logits) of a forward output; the auxiliary tower adds its weighted loss."""
     if isinstance(out, tuple):
         logits, aux = out
@@ -166,7 +167,8 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
         if not d.is_main:
             return
         atomic_save({
-            "epoch": epoch_, "step": step_, "accum": dataclasses.asdict(accum), "alpha_steps": alpha_steps,
+            "epoch": epoch_, "step": step_, "accum": dataclasses.asdict(accum),
+            "alpha_steps": alpha_steps,
             "converged_run": converged_run, "model": net.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "architect": architect.state_dict(), "rng": rng_state(),
@@ -180,8 +182,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
                   start_batch=start_step, pin_memory=device.type == "cuda")
         train_loader = epoch_loader(ctx.train_set, train_idx, seed=cfg.seed, **mk)
         valid_loader = epoch_loader(ctx.train_set, valid_idx, seed=cfg.seed + 7919, **mk)
-        n_steps = min(len(train_idx), len(valid_idx)) // d.world_size
-        n_steps = -(-n_steps // local_bs)
+        n_steps = batches_per_epoch(min(len(train_idx), len(valid_idx)), local_bs, d)
         if cfg.steps_per_epoch:
             n_steps = min(n_steps, cfg.steps_per_epoch)
         bar = ctx.progress(total=n_steps, initial=start_step,
@@ -189,7 +190,8 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
         step = start_step
         model.train()
         last_batches = None
-        pairs = itertools.islice(zip(train_loader, valid_loader), max(n_steps - start_step, 0))
+        pairs = itertools.islice(zip(train_loader, valid_loader, strict=False),
+                                max(n_steps - start_step, 0))
         for (x, y), (xv, yv) in pairs:
             ts = time.perf_counter()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -247,7 +249,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
             [acc.loss, acc.correct, acc.count, acc.steps, acc.step_time]
             + [acc.arch[k] for k in sorted(acc.arch)], d, device)
         loss_sum, correct, count, steps, step_time = sums[:5]
-        arch = dict(zip(sorted(acc.arch), sums[5:]))
+        arch = dict(zip(sorted(acc.arch), sums[5:], strict=True))
         n_finite = max(steps - arch["nonfinite"], 1.0)
         valid_eval = epoch_loader(ctx.train_set, valid_idx, batch_size=local_bs, epoch=0,
                                   seed=cfg.seed, d=d, workers=ctx.workers, shuffle=False)
@@ -307,7 +309,8 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
 
     genotype = net.genotype()
     summary = {
-        "command": "search", "world_size": d.world_size, "epochs_run": epoch, "alpha_steps": alpha_steps,
+        "command": "search", "world_size": d.world_size, "epochs_run": epoch,
+        "alpha_steps": alpha_steps,
         "stop_reason": stop_reason, "converged": converged_run > 0,
         "converged_epochs": converged_run,
         "valid_acc": last.get("valid_acc", history[-1]["valid_acc"] if history else None),

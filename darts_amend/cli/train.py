@@ -16,11 +16,12 @@ from torch import Tensor, nn
 
 from .config import CLIError, TrainConfig, train_family_defaults
 from .runtime import (
-    broadcast_buffers,
     Dist,
     RunFolder,
     all_reduce_sums,
     atomic_save,
+    batches_per_epoch,
+    broadcast_buffers,
     epoch_loader,
     rng_state,
     seed_everything,
@@ -177,7 +178,7 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
         loader = epoch_loader(ctx.train_set, train_idx, batch_size=local_bs, epoch=epoch,
                               seed=cfg.seed, d=d, workers=ctx.workers, start_batch=start_step,
                               pin_memory=device.type == "cuda")
-        n_steps = -(-(-(-len(train_idx) // d.world_size)) // local_bs)
+        n_steps = batches_per_epoch(len(train_idx), local_bs, d)
         if cfg.steps_per_epoch:
             n_steps = min(n_steps, cfg.steps_per_epoch)
         bar = ctx.progress(total=n_steps, initial=start_step,
