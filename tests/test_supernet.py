@@ -304,6 +304,8 @@ def test_bad_arguments_raise_clear_errors() -> None:
         build_search_network("s1", ops=["sep_conv_3x3", "conv_9x9"])
     with pytest.raises(ValueError, match="partial_channels"):
         build_search_network("darts", C=6, partial_channels=4)
+    with pytest.raises(ValueError, match="partial_channels=0"):
+        build_search_network("darts", C=6, partial_channels=0)
     with pytest.raises(ValueError, match="drop_path_prob"):
         build_search_network("darts", drop_path_prob=1.0)
     net = build_search_network("s1", C=4, layers=3, in_channels=1)

@@ -228,8 +228,10 @@ class SearchNetwork(nn.Module):
             raise ValueError(f"invalid dropout: {dropout}")
         if auxiliary_weight < 0:
             raise ValueError(f"invalid auxiliary_weight: {auxiliary_weight}")
-        if C % partial_channels:
-            raise ValueError(f"partial_channels={partial_channels} must divide C={C}")
+        if partial_channels < 1 or C % partial_channels:  # (< 1 first: no modulo by zero)
+            raise ValueError(
+                f"partial_channels={partial_channels!r} must be an integer >= 1 that divides C={C}"
+            )
         self.space = space
         self.C, self.num_classes, self.layers = C, num_classes, layers
         self.in_channels = in_channels
