@@ -1,19 +1,16 @@
 """Drop-in ``Architect`` classes for existing DARTS-family checkouts, and ``patch-repo``.
 
 * :mod:`darts_amend.adapters.darts`    -- quark0/darts (``cnn/architect.py``)
-* :mod:`darts_amend.adapters.pc_darts` -- yuhuixu1993/PC-DARTS (same architect interface, four arch
-tensors)
+* :mod:`darts_amend.adapters.pc_darts` -- yuhuixu1993/PC-DARTS (same architect interface, four
+  arch tensors)
 * :mod:`darts_amend.adapters.p_darts`  -- chenxin061/pdarts (no upstream architect: replaces its
-inline
-  first-order alpha update, clipping the alpha gradient as it did)
+  inline first-order alpha update, clipping the alpha gradient as it did)
 * :mod:`darts_amend.adapters.patch_repo` -- ``darts-amend patch-repo``
 
 Every ``Architect`` keeps the upstream constructor ``Architect(model, args)`` and
 ``step(input_train, target_train, input_valid, target_valid, eta, network_optimizer, unrolled)``,
-and reads
-``args.amend_eta`` / ``args.amend_estimator`` / ``args.amend_mode`` when present (see
-docs/integrations.md).
-Nothing is imported eagerly: ``import darts_amend.adapters`` is cheap.
+and reads ``args.amend_eta`` / ``args.amend_estimator`` / ``args.amend_mode`` when present (see
+docs/integrations.md). Nothing is imported eagerly: ``import darts_amend.adapters`` is cheap.
 """
 
 from __future__ import annotations

@@ -5,36 +5,30 @@ Upstream's contract, kept exactly::
 
     architect = Architect(model, args)
     architect.step(input_train, target_train, input_valid, target_valid, eta, network_optimizer,
-    unrolled)
+                   unrolled)
 
 ``args`` fields read (as upstream): ``momentum`` and ``weight_decay`` (of the weight SGD, used by
-the unrolled
-step), ``arch_learning_rate`` and ``arch_weight_decay`` (Adam on the alphas, betas fixed at (0.5,
-0.999)).
-Added, all optional (absent or ``None`` = default):
+the unrolled step), ``arch_learning_rate`` and ``arch_weight_decay`` (Adam on the alphas, betas
+fixed at (0.5, 0.999)). Added, all optional (absent or ``None`` = default):
 
 * ``amend_estimator``: ``amended`` (default), ``first_order``, ``unrolled``, ``implicit_cg``,
   ``implicit_neumann``;
 * ``amend_eta``: the amending coefficient of ``amended`` (default 0.1; 0 = first-order DARTS);
 * ``amend_mode``: ``exact`` (default) or ``finite_difference`` for the Hessian products.
 
-``unrolled`` (the loop's flag) must agree with the estimator: ``unrolled=True`` means second-order
-DARTS, which
-is ``amend_estimator=unrolled``; then ``eta`` is its xi (the weight learning rate) and the momentum
-buffers are
-read from ``network_optimizer.state`` (per weight; a weight without a buffer contributes no momentum
--- upstream
-drops momentum for every weight in that case, inside a bare ``except``). Contradictions are errors,
-raised
-before anything changes, so no flag is silently ignored.
+``unrolled`` (the loop's flag) must agree with the estimator: ``unrolled=True`` means
+second-order DARTS, which is ``amend_estimator=unrolled``; then ``eta`` is its xi (the weight
+learning rate) and the momentum buffers are read from ``network_optimizer.state`` (per weight; a
+weight without a buffer contributes no momentum -- upstream drops momentum for every weight in
+that case, inside a bare ``except``). Contradictions are errors, raised before anything changes,
+so no flag is silently ignored.
 
 Differences from upstream, all deliberate: the hypergradient is computed on the unwrapped module
-(DataParallel / DDP) and all-reduced by :class:`AmendedArchitect` under torch.distributed; weights
-and
-BatchNorm running statistics are left bit-exactly as found (upstream's first-order backward and its
-finite-difference step move the running statistics, and its ``.data`` perturbation drifts the
-weights by
-rounding); ``model.new()`` is never called; nothing is moved with ``.cuda()``.
+(DataParallel / DDP) and all-reduced by :class:`AmendedArchitect` under torch.distributed;
+weights and BatchNorm running statistics are left bit-exactly as found (upstream's first-order
+backward and its finite-difference step move the running statistics, and its ``.data``
+perturbation drifts the weights by rounding); ``model.new()`` is never called; nothing is moved
+with ``.cuda()``.
 """
 
 from __future__ import annotations
@@ -114,8 +108,8 @@ class UpstreamArchitect:
 
     #: Name used in messages.
     flavor: ClassVar[str] = "DARTS"
-    #: Clip the alpha hypergradient to ``args.grad_clip`` before the Adam step (P-DARTS' inline
-    # update does).
+    #: Clip the alpha hypergradient to ``args.grad_clip`` before the Adam step (as P-DARTS'
+    #: inline update does).
     clips_alpha_gradient: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, args: Any) -> None:
@@ -225,12 +219,11 @@ class UpstreamArchitect:
     ) -> Any:
         """One alpha update, with upstream's arguments.
 
-        ``eta`` is the current weight learning rate (the xi of the unrolled step; unused otherwise),
-        ``network_optimizer`` the weight optimizer (its momentum buffers feed the unrolled step),
-        ``unrolled``
-        upstream's flag (``None``: follow ``amend_estimator``). Returns the core ``StepInfo``
-        (upstream
-        returns nothing; the value is also kept in ``last_info``).
+        ``eta`` is the current weight learning rate (the xi of the unrolled step; unused
+        otherwise), ``network_optimizer`` the weight optimizer (its momentum buffers feed the
+        unrolled step), ``unrolled`` upstream's flag (``None``: follow ``amend_estimator``).
+        Returns the core ``StepInfo`` (upstream returns nothing; the value is also kept in
+        ``last_info``).
         """
         if unrolled is not None:
             self._check_unrolled(bool(unrolled))

@@ -1,24 +1,23 @@
-"""``darts-amend patch-repo``: turn a DARTS / PC-DARTS / P-DARTS checkout into an Amended-DARTS one.
+"""``darts-amend patch-repo``: turn a DARTS / PC-DARTS / P-DARTS checkout into an Amended-DARTS
+one.
 
-What it does, in order, and only after every check passed (nothing is written when a check fails):
+What it does, in order, and only after every check passed (nothing is written when a check
+fails):
 
-1. checks that PATH is a checkout of the named flavor (the files and the markers its scripts have);
+1. checks that PATH is a checkout of the named flavor (the files and the markers its scripts
+   have);
 2. backs up ``architect.py`` to ``architect.py.orig`` (once: an existing backup is never
-overwritten) and
-   writes the drop-in ``architect.py`` (a few lines importing
+   overwritten) and writes the drop-in ``architect.py`` (a few lines importing
    ``darts_amend.adapters.<flavor>.Architect``);
 3. backs up ``train_search.py`` to ``train_search.py.orig`` (once) and inserts the ``--amend_*``
-argparse
-   flags just before ``args = parser.parse_args()``, inside a marked block that is never added
-   twice;
-4. scans the checkout's scripts for lines that break on modern PyTorch / numpy and reports each with
-its fix
-   (it does not edit them: they are the user's training scripts);
+   argparse flags just before ``args = parser.parse_args()``, inside a marked block that is never
+   added twice;
+4. scans the checkout's scripts for lines that break on modern PyTorch / numpy and reports each
+   with its fix (it does not edit them: they are the user's training scripts);
 5. prints the flags to pass and, for P-DARTS, the edit that replaces its inline alpha update.
 
-The logic lives in functions that return data (``plan_patch``, ``apply_patch``, ``scan_compat``);
-only
-``run`` prints, because it is the CLI's sub-command.
+The logic lives in functions that return data (``plan_patch``, ``apply_patch``,
+``scan_compat``); only ``run`` prints, because it is the CLI's sub-command.
 """
 
 from __future__ import annotations

@@ -4,12 +4,11 @@ PC-DARTS ships DARTS' architect unchanged and its loop calls it the same way (fr
 
     if epoch >= 15:
         architect.step(input, target, input_search, target_search, lr, optimizer,
-        unrolled=args.unrolled)
+                       unrolled=args.unrolled)
 
 The difference is the supernet: ``arch_parameters()`` returns four tensors (``alphas_normal``,
 ``alphas_reduce`` and the edge-normalisation ``betas_normal``, ``betas_reduce``), all of which
-receive the
-hypergradient and the Adam step; the partial-channel forward needs nothing special.
+receive the hypergradient and the Adam step; the partial-channel forward needs nothing special.
 """
 
 from __future__ import annotations
