@@ -376,7 +376,9 @@ def is_converged(net: SearchNetwork, threshold: float = 0.5) -> bool:
     """The paper's convergence test (Sec. 4.1.1): every kept op has softmax weight >= threshold.
 
     (The paper also asks that the genotype stops changing; that needs the run's history, so the
-    search loop checks it.) DataParallel / DDP wrappers are unwrapped."""
+    search loop checks it.) With two ops per edge (S2) the argmax op always weighs >= 0.5, so at
+    the default threshold this test alone is always true there. DataParallel / DDP wrappers are
+    unwrapped."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"invalid threshold: {threshold}")
     if not hasattr(net, "kept_op_weights") and hasattr(net, "module"):  # DataParallel / DDP
