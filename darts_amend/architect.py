@@ -191,7 +191,7 @@ class AmendedArchitect:
             )
             self.last_hypergradient = None
             return info
-        for a, g in zip(self._alphas, grads):
+        for a, g in zip(self._alphas, grads, strict=True):
             a.grad = g.detach().to(dtype=a.dtype).clone()
         self.optimizer.step()
         self.last_hypergradient = result
@@ -204,7 +204,7 @@ class AmendedArchitect:
     def _check_alphas(self) -> None:
         current = list(unwrap_model(self.model).arch_parameters())
         if len(current) != len(self._alphas) or any(
-            a is not b for a, b in zip(current, self._alphas)
+            a is not b for a, b in zip(current, self._alphas, strict=True)
         ):
             raise ValueError(
                 "model.arch_parameters() are no longer the tensors this architect was "
@@ -273,7 +273,7 @@ class AmendedArchitect:
         saved = state_dict["alphas"]
         if len(saved) != len(self._alphas):
             raise ValueError(f"state_dict has {len(saved)} alphas, the model {len(self._alphas)}")
-        for i, (s, a) in enumerate(zip(saved, self._alphas)):
+        for i, (s, a) in enumerate(zip(saved, self._alphas, strict=True)):
             if tuple(s.shape) != tuple(a.shape):
                 raise ValueError(
                     f"state_dict alpha {i} has shape {tuple(s.shape)}, the model {tuple(a.shape)}"
@@ -281,7 +281,7 @@ class AmendedArchitect:
         options = validate_options(self.estimator, dict(state_dict["options"]))
         self.optimizer.load_state_dict(state_dict["optimizer"])  # validates before changing
         with torch.no_grad():
-            for s, a in zip(saved, self._alphas):
+            for s, a in zip(saved, self._alphas, strict=True):
                 a.copy_(s)
         logger.debug(
             "AmendedArchitect: estimator options restored from state_dict: %s", sorted(options)

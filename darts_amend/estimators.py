@@ -104,7 +104,7 @@ def write_grads_(
     """Write a hypergradient into ``alpha.grad`` (replacing it, or adding when ``accumulate``)."""
     if len(alphas) != len(grads):
         raise ValueError(f"{len(grads)} gradients for {len(alphas)} alphas")
-    for a, g in zip(alphas, grads):
+    for a, g in zip(alphas, grads, strict=True):
         g = g.detach().to(dtype=a.dtype, device=a.device)
         if accumulate and a.grad is not None:
             a.grad.add_(g)
@@ -156,7 +156,7 @@ def _count(name: str, value: Any) -> int:
 
 
 def _combine(g1: Sequence[Tensor], g2: Sequence[Tensor]) -> tuple[Tensor, ...]:
-    return tuple(a + b for a, b in zip(g1, g2))
+    return tuple(a + b for a, b in zip(g1, g2, strict=True))
 
 
 # --------------------------------------------------------------------------- linear solvers
@@ -186,10 +186,10 @@ def conjugate_gradient(
             )
             break
         step = rs / pap
-        x = [xi + step * pi for xi, pi in zip(x, p)]
-        res = [ri - step * api for ri, api in zip(res, ap)]
+        x = [xi + step * pi for xi, pi in zip(x, p, strict=True)]
+        res = [ri - step * api for ri, api in zip(res, ap, strict=True)]
         rs_new = float(list_dot(res, res))
-        p = [ri + (rs_new / rs) * pi for ri, pi in zip(res, p)]
+        p = [ri + (rs_new / rs) * pi for ri, pi in zip(res, p, strict=True)]
         rs = rs_new
     return x
 
@@ -200,8 +200,8 @@ def neumann_series(matvec: Matvec, b: TensorList, terms: int, gamma: float) -> T
     acc = [t.clone() for t in b]
     for _ in range(terms - 1):
         ap = matvec(p)
-        p = [pi - gamma * api for pi, api in zip(p, ap)]
-        acc = [ai + pi for ai, pi in zip(acc, p)]
+        p = [pi - gamma * api for pi, api in zip(p, ap, strict=True)]
+        acc = [ai + pi for ai, pi in zip(acc, p, strict=True)]
     return [gamma * a for a in acc]
 
 
@@ -291,7 +291,7 @@ def unrolled(
         _check_finite(train_loss, "training loss")
         grad_w = _grad(train_loss, weights)
         with torch.no_grad():  # w <- w' in place (restored below, bit-exactly)
-            for w, g, buf in zip(weights, grad_w, buffers):
+            for w, g, buf in zip(weights, grad_w, buffers, strict=True):
                 step = g + weight_decay * w
                 if buf is not None and momentum != 0.0:
                     step = step + momentum * buf
@@ -323,7 +323,7 @@ def _check_buffers(
         raise ValueError(
             f"momentum_buffers has {len(buffers)} entries but there are {len(weights)} weights"
         )
-    for i, (b, w) in enumerate(zip(buffers, weights)):
+    for i, (b, w) in enumerate(zip(buffers, weights, strict=True)):
         if b is not None and (not isinstance(b, Tensor) or b.shape != w.shape):
             raise ValueError(
                 f"momentum_buffers[{i}] does not match the shape {tuple(w.shape)} of weights[{i}]"
@@ -367,7 +367,11 @@ def implicit_cg(
     _check_mode(mode, r)
 
     def solve(hvp: Matvec, v: TensorList) -> TensorList:
-        damped = hvp if damping == 0.0 else (lambda u: [h + damping * t for h, t in zip(hvp(u), u)])
+        damped = (
+            hvp
+            if damping == 0.0
+            else (lambda u: [h + damping * t for h, t in zip(hvp(u), u, strict=True)])
+        )
         return conjugate_gradient(damped, v, iterations, tol=tol)
 
     return _implicit(model, train_batch, valid_batch, loss_fn, mode, r, solve)

@@ -162,7 +162,7 @@ def check_batch(batch: Any, name: str, device: torch.device | None = None) -> Ba
             + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
         )
     if device is not None:
-        for part, obj in zip(("inputs", "targets"), batch):
+        for part, obj in zip(("inputs", "targets"), batch, strict=True):
             for t in _tensors(obj):
                 if t.device != device:
                     raise ValueError(
@@ -199,7 +199,7 @@ def list_dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
     if not xs:
         return torch.zeros(())
     return sum(
-        ((x * y).sum() for x, y in zip(xs, ys)),
+        ((x * y).sum() for x, y in zip(xs, ys, strict=True)),
         torch.zeros((), dtype=xs[0].dtype, device=xs[0].device),
     )
 
@@ -223,7 +223,7 @@ def _check_vector(vector: Any, params: Sequence[Tensor], name: str, against: str
     if len(vector) != len(params):
         raise ValueError(f"{name} has {len(vector)} tensors but there are {len(params)} {against}")
     out = []
-    for i, (u, p) in enumerate(zip(vector, params)):
+    for i, (u, p) in enumerate(zip(vector, params, strict=True)):
         if not isinstance(u, Tensor):
             raise TypeError(f"{name}[{i}] is a {type(u).__name__}, not a Tensor")
         if u.shape != p.shape:
@@ -247,7 +247,7 @@ def _grad(
     """``torch.autograd.grad`` that tolerates unused inputs and outputs without a graph (zeros)."""
     outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
     gos: list[Tensor | None] = [None] * len(outs) if grad_outputs is None else list(grad_outputs)
-    live = [(o, g) for o, g in zip(outs, gos) if o.requires_grad]
+    live = [(o, g) for o, g in zip(outs, gos, strict=True) if o.requires_grad]
     if not live:
         return [torch.zeros_like(x) for x in inputs]
     grads = torch.autograd.grad(
@@ -258,7 +258,7 @@ def _grad(
         create_graph=create_graph,
         allow_unused=True,
     )
-    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)]
 
 
 # --------------------------------------------------------------------------- state
@@ -342,7 +342,7 @@ def _central_difference(
 
     def grads_at(scale: float) -> TensorList:
         with torch.no_grad():
-            for p, b, d in zip(move, base, direction):
+            for p, b, d in zip(move, base, direction, strict=True):
                 p.copy_(b).add_(d, alpha=scale)
         loss = _evaluate(loss_fn, net, batch, "training loss")
         _check_finite(loss, "training loss (finite difference)")
@@ -353,9 +353,9 @@ def _central_difference(
         minus = grads_at(-step)
     finally:
         with torch.no_grad():
-            for p, b in zip(move, base):
+            for p, b in zip(move, base, strict=True):
                 p.copy_(b)
-    return [(a - b) / (2.0 * step) for a, b in zip(plus, minus)]
+    return [(a - b) / (2.0 * step) for a, b in zip(plus, minus, strict=True)]
 
 
 def second_order_products(

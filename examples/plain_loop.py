@@ -61,8 +61,8 @@ class TinySupernet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stem(x)
-        for ops, a in zip(self.edges, F.softmax(self.alphas, dim=-1)):
-            h = sum(w * op(h) for w, op in zip(a, ops))
+        for ops, a in zip(self.edges, F.softmax(self.alphas, dim=-1), strict=True):
+            h = sum(w * op(h) for w, op in zip(a, ops, strict=True))
         return self.classifier(h.mean(dim=(2, 3)))
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -163,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     weights = F.softmax(model.alphas.detach(), dim=-1)
     for e, row in enumerate(weights):
-        print(f"edge {e}: " + "  ".join(f"{n} {w:.3f}" for n, w in zip(OPS, row.tolist())))
+        print(
+            f"edge {e}: "
+            + "  ".join(f"{n} {w:.3f}" for n, w in zip(OPS, row.tolist(), strict=True))
+        )
     return 0
 
 

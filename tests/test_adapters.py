@@ -104,7 +104,7 @@ def darts_train_epochs(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(epochs), eta_min=1e-3)
     for epoch in range(epochs):
         lr = scheduler.get_last_lr()[0]
-        for (input, target), (input_search, target_search) in zip(train, valid):
+        for (input, target), (input_search, target_search) in zip(train, valid, strict=True):
             model.train()
             if epoch >= arch_from_epoch:
                 before = (weights_and_buffers(model), alphas_of(model))
@@ -133,7 +133,7 @@ def step_checks(before, model):
     bit-identical."""
     weights, alphas = before
     assert_bit_equal(weights, weights_and_buffers(model))
-    for a0, a1 in zip(alphas, alphas_of(model)):
+    for a0, a1 in zip(alphas, alphas_of(model), strict=True):
         assert not torch.equal(a0, a1)
 
 
@@ -191,7 +191,7 @@ def test_second_order_equals_core_unrolled(flavor, mode, no_warnings):
         model, (xt, yt), (xv, yv), xi=lr, weight_decay=args.weight_decay, mode=mode
     )
     assert any(
-        not torch.allclose(a, b) for a, b in zip(ref.grads, no_momentum.grads)
+        not torch.allclose(a, b) for a, b in zip(ref.grads, no_momentum.grads, strict=True)
     )  # momentum matters
     twin_alphas = [a.detach().clone().requires_grad_() for a in model.arch_parameters()]
     adam = torch.optim.Adam(
@@ -205,12 +205,12 @@ def test_second_order_equals_core_unrolled(flavor, mode, no_warnings):
     architect.step(xt, yt, xv, yv, lr, optimizer, unrolled=True)
     assert_bit_equal(before, weights_and_buffers(model))
     assert model.new_calls == 0
-    for a, g in zip(model.arch_parameters(), ref.grads):
+    for a, g in zip(model.arch_parameters(), ref.grads, strict=True):
         torch.testing.assert_close(a.grad, g, rtol=1e-12, atol=1e-15)
-    for t, g in zip(twin_alphas, ref.grads):
+    for t, g in zip(twin_alphas, ref.grads, strict=True):
         t.grad = g.clone()
     adam.step()
-    for a, t in zip(model.arch_parameters(), twin_alphas):
+    for a, t in zip(model.arch_parameters(), twin_alphas, strict=True):
         torch.testing.assert_close(a.detach(), t.detach(), rtol=1e-12, atol=1e-15)
 
 
@@ -233,7 +233,7 @@ def test_second_order_with_finite_differences_replays_upstream(net_cls):
     )
     assert twin.new_calls == 1 and model.new_calls == 0
     darts.Architect(model, args).step(xt, yt, xv, yv, lr, optimizer, unrolled=True)
-    for a, g in zip(model.arch_parameters(), expected):
+    for a, g in zip(model.arch_parameters(), expected, strict=True):
         torch.testing.assert_close(a.grad, g, rtol=1e-6, atol=1e-12)
 
 
@@ -248,7 +248,7 @@ def test_amend_eta_zero_is_first_order(flavor):
     architect = cls(model, args)
     architect.step(xt, yt, xv, yv, 0.025, weight_optimizer(model, args), unrolled=False)
     assert architect.last_info.g2_norm == 0.0
-    for a, g, c in zip(model.arch_parameters(), expected, core):
+    for a, g, c in zip(model.arch_parameters(), expected, core, strict=True):
         torch.testing.assert_close(a.grad, g, rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(a.grad, c, rtol=0, atol=0)
 
@@ -263,10 +263,12 @@ def test_amend_eta_reaches_the_amended_estimator(flavor):
         ref = amended(model, (xt, yt), (xv, yv), eta=eta)
         args = darts_args(amend_eta=eta, grad_clip=1e6)
         cls(model, args).step(xt, yt, xv, yv, 0.025, weight_optimizer(model, args), unrolled=False)
-        for a, g in zip(model.arch_parameters(), ref.grads):
+        for a, g in zip(model.arch_parameters(), ref.grads, strict=True):
             torch.testing.assert_close(a.grad, g, rtol=1e-12, atol=1e-15)
         grads[eta] = ref.terms["g2"]
-    for g_small, g_big in zip(grads[0.1], grads[0.4]):  # g2' = -eta B H v is linear in eta
+    for g_small, g_big in zip(
+        grads[0.1], grads[0.4], strict=True
+    ):  # g2' = -eta B H v is linear in eta
         torch.testing.assert_close(4 * g_small, g_big, rtol=1e-9, atol=1e-14)
     assert any(g.abs().sum() > 0 for g in grads[0.1])
 
@@ -277,7 +279,7 @@ def test_finite_difference_mode_reaches_the_amended_estimator():
     ref = amended(model, (xt, yt), (xv, yv), eta=0.1, mode="finite_difference")
     args = darts_args(amend_mode="finite_difference")
     darts.Architect(model, args).step(xt, yt, xv, yv, 0.025, None, unrolled=False)
-    for a, g in zip(model.arch_parameters(), ref.grads):
+    for a, g in zip(model.arch_parameters(), ref.grads, strict=True):
         torch.testing.assert_close(a.grad, g, rtol=1e-12, atol=1e-15)
 
 
@@ -299,7 +301,7 @@ def test_pc_darts_loop_steps_all_four_arch_tensors_from_the_start_epoch(no_warni
         model, architect, args, batches[:2], batches[2:], epochs=2, arch_from_epoch=1, check=check
     )
     assert len(seen) == 2  # only the epoch >= arch_from_epoch steps
-    assert all(not torch.equal(a, b) for a, b in zip(start, alphas_of(model)))
+    assert all(not torch.equal(a, b) for a, b in zip(start, alphas_of(model), strict=True))
     assert model.new_calls == 0
 
 
@@ -325,7 +327,7 @@ def pdarts_stage(switches, p, args, batches, *, eps_no_arch, epochs, check=None)
         lr = args.learning_rate
         model.module.p = p * (epochs - epoch - 1) / epochs
         model.module.update_p()
-        for (input, target), (input_search, target_search) in zip(train, valid):
+        for (input, target), (input_search, target_search) in zip(train, valid, strict=True):
             model.train()
             if epoch >= eps_no_arch:
                 before = (weights_and_buffers(model), alphas_of(model))
@@ -365,7 +367,7 @@ def test_p_darts_stages_with_dataparallel_and_dropout(no_warnings):
     old_alphas = alphas_of(stage1[0])
     with pytest.raises(ValueError, match="rebuilds it at every stage"):
         stage1[2].step(x, y, xs, ys, 0.025, stage2[1], unrolled=False)
-    for a0, a1 in zip(old_alphas, alphas_of(stage1[0])):
+    for a0, a1 in zip(old_alphas, alphas_of(stage1[0]), strict=True):
         assert torch.equal(a0, a1)
 
 
@@ -394,7 +396,7 @@ def test_p_darts_alpha_gradient_is_clipped_like_the_inline_update():
         atol=0,
     )
     for a, b in zip(
-        model.module.arch_parameters(), twin.module.arch_parameters()
+        model.module.arch_parameters(), twin.module.arch_parameters(), strict=True
     ):  # ... exactly as upstream
         torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-12, atol=1e-15)
 
@@ -423,7 +425,7 @@ def test_ddp_wrapped_model_is_unwrapped(tmp_path):
         weights = weights_and_buffers(model)
         architect.step(xt, yt, xv, yv, 0.025, weight_optimizer(ddp, args), unrolled=False)
         assert_bit_equal(weights, weights_and_buffers(model))
-        for a, g in zip(model.arch_parameters(), ref.grads):
+        for a, g in zip(model.arch_parameters(), ref.grads, strict=True):
             torch.testing.assert_close(a.grad, g, rtol=1e-12, atol=1e-15)
     finally:
         dist.destroy_process_group()
@@ -483,7 +485,7 @@ def test_bad_step_input_changes_nothing():
     second = darts.Architect(model, darts_args(unrolled=True, amend_estimator="unrolled"))
     with pytest.raises(ValueError, match="invalid eta"):
         second.step(xt, yt, xv, yv, 0.0, None, unrolled=True)
-    for a0, a1 in zip(before, alphas_of(model)):
+    for a0, a1 in zip(before, alphas_of(model), strict=True):
         assert torch.equal(a0, a1)
     assert all(a.grad is None for a in model.arch_parameters())
 
@@ -499,8 +501,8 @@ def test_state_dict_round_trip_resumes_identically():
     expected = alphas_of(model)
     resumed = darts.Architect(model, args)
     resumed.load_state_dict(saved_state)
-    for a, s in zip(model.arch_parameters(), saved_alphas):
+    for a, s in zip(model.arch_parameters(), saved_alphas, strict=True):
         assert torch.equal(a.detach(), s)
     resumed.step(*batches[2], *batches[3], 0.025, None, unrolled=False)
-    for a, e in zip(alphas_of(model), expected):
+    for a, e in zip(alphas_of(model), expected, strict=True):
         assert torch.equal(a, e)

@@ -139,10 +139,10 @@ class _MixedOp(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if self.partial == 1:
-            return sum(w * op(x) for w, op in zip(weights, self.ops))
+            return sum(w * op(x) for w, op in zip(weights, self.ops, strict=True))
         k = x.shape[1] // self.partial
         head, rest = x[:, :k], x[:, k:]
-        mixed = sum(w * op(head) for w, op in zip(weights, self.ops))
+        mixed = sum(w * op(head) for w, op in zip(weights, self.ops, strict=True))
         if self.stride > 1:
             rest = F.max_pool2d(rest, 2, 2)
         return _channel_shuffle(torch.cat([mixed, rest], dim=1), self.partial)
@@ -226,7 +226,7 @@ class _TinySearchNet(nn.Module):
         self._in_channels = in_channels
         k = _num_edges(steps)
         switches = switches if switches is not None else [[True] * len(OPS)] * k
-        self._op_lists = [[name for name, on in zip(OPS, sw) if on] for sw in switches]
+        self._op_lists = [[name for name, on in zip(OPS, sw, strict=True) if on] for sw in switches]
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, 2 * C, 3, padding=1, bias=False), nn.BatchNorm2d(2 * C)
         )
@@ -314,7 +314,7 @@ class DartsLikeNet(_TinySearchNet):
         twin = twin.to(device=ref.device, dtype=ref.dtype)
         # re-create the leaf alphas on the right device/dtype, as upstream's .cuda() does
         twin._initialize_alphas()
-        for mine, theirs in zip(twin.arch_parameters(), self.arch_parameters()):
+        for mine, theirs in zip(twin.arch_parameters(), self.arch_parameters(), strict=True):
             mine.data.copy_(theirs.data)
         return twin
 
@@ -368,7 +368,7 @@ class PCDartsLikeNet(DartsLikeNet):
             **kwargs,
         ).to(device=ref.device, dtype=ref.dtype)
         twin._initialize_alphas()
-        for mine, theirs in zip(twin.arch_parameters(), self.arch_parameters()):
+        for mine, theirs in zip(twin.arch_parameters(), self.arch_parameters(), strict=True):
             mine.data.copy_(theirs.data)
         return twin
 
@@ -541,19 +541,19 @@ def upstream_second_order_grads(
     dalpha, vector = out[: len(unrolled.arch_parameters())], out[len(unrolled.arch_parameters()) :]
     radius = r / torch.cat([v.reshape(-1) for v in vector]).norm()
     with torch.no_grad():
-        for w, v in zip(weights, vector):
+        for w, v in zip(weights, vector, strict=True):
             w.add_(v, alpha=float(radius))
     g_plus = torch.autograd.grad(model._loss(x_train, y_train), model.arch_parameters())
     with torch.no_grad():
-        for w, v in zip(weights, vector):
+        for w, v in zip(weights, vector, strict=True):
             w.sub_(v, alpha=2 * float(radius))
     g_minus = torch.autograd.grad(model._loss(x_train, y_train), model.arch_parameters())
     with torch.no_grad():
-        for w, v in zip(weights, vector):
+        for w, v in zip(weights, vector, strict=True):
             w.add_(v, alpha=float(radius))
     return [
         (da - eta * (gp - gm) / (2 * radius)).detach()
-        for da, gp, gm in zip(dalpha, g_plus, g_minus)
+        for da, gp, gm in zip(dalpha, g_plus, g_minus, strict=True)
     ]
 
 
@@ -592,7 +592,7 @@ def test_darts_like_new_copies_alphas_and_counts():
     net = build(DartsLikeNet)
     twin = net.new()
     assert net.new_calls == 1
-    for a, b in zip(net.arch_parameters(), twin.arch_parameters()):
+    for a, b in zip(net.arch_parameters(), twin.arch_parameters(), strict=True):
         assert torch.equal(a, b) and a is not b
 
 
@@ -635,9 +635,9 @@ def test_upstream_second_order_replay_reduces_to_first_order_at_eta_zero():
     # eta -> 0 limit: the replay must reduce to the first-order gradient.
     g0 = upstream_second_order_grads(copy.deepcopy(net), xt, yt, xv, yv, 0.0, opt, 0.9, 0.0)
     ref0 = upstream_first_order_grads(copy.deepcopy(net), xv, yv)
-    for a, b in zip(g0, ref0):
+    for a, b in zip(g0, ref0, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
-    assert any(not torch.allclose(a, b) for a, b in zip(g, g0))
+    assert any(not torch.allclose(a, b) for a, b in zip(g, g0, strict=True))
     assert net.new_calls == 0  # the replay ran on copies
 
 

@@ -77,7 +77,7 @@ def test_amended_eta_zero_is_first_order_bit_for_bit():
     model, tb, vb = _mlp()
     fo = first_order(model, tb, vb)
     am = amended(model, tb, vb, eta=0.0)
-    assert all(torch.equal(a, b) for a, b in zip(fo.grads, am.grads))
+    assert all(torch.equal(a, b) for a, b in zip(fo.grads, am.grads, strict=True))
     assert float(flat(am.terms["g2"]).abs().max()) == 0.0
     assert set(fo.terms) == {"g1"} and math.isnan(fo.cosine())
 
@@ -92,7 +92,9 @@ def test_unrolled_equals_dense_closed_form(mode):
     # closed form: w' = w - xi (m buf + grad_w L_train(w) + wd w)
     _, gw = dense_grad(model, tb)
     w = flat(weights).detach()
-    buf = flat([torch.zeros_like(w_) if b is None else b for b, w_ in zip(buffers, weights)])
+    buf = flat(
+        [torch.zeros_like(w_) if b is None else b for b, w_ in zip(buffers, weights, strict=True)]
+    )
     w_prime = w - xi * (momentum * buf + gw + wd * w)
     theta_prime = torch.cat([flat(alphas).detach(), w_prime])
     g1, v = dense_grad(model, vb, theta_prime)  # at w'
@@ -180,7 +182,7 @@ def optimum():
     )
     alpha = model.alpha.detach().clone()
     with torch.no_grad():
-        for p, s in zip((model.W, model.b), _newton_solve(model, tb, alpha)):
+        for p, s in zip((model.W, model.b), _newton_solve(model, tb, alpha), strict=True):
             p.copy_(s)
     # ground truth 1: the implicit-function gradient from dense matrices at w*(alpha)
     g1, v = dense_grad(model, vb)
