@@ -143,6 +143,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
     start_epoch, start_step, acc = 0, 0, _Accum()
     alpha_steps, converged_run = 0, 0
     history: list[dict[str, Any]] = []
+    prev_genotype: dict[str, Any] | None = None  # in the checkpoint: ranks need no shared files
     if ctx.checkpoint is not None:
         ck = ctx.checkpoint
         net.load_state_dict(ck["model"])
@@ -152,7 +153,8 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
         start_epoch, start_step = ck["epoch"], ck["step"]
         acc = _Accum(**ck["accum"])
         alpha_steps, converged_run = ck["alpha_steps"], ck["converged_run"]
-        history = folder.read_metrics()[:start_epoch]
+        prev_genotype = ck["prev_genotype"]
+        history = folder.read_metrics()[:start_epoch] if d.is_main else []
         set_rng_state(ck["rng"])
         logger.info("resumed at epoch %d step %d", start_epoch, start_step)
 
@@ -168,7 +170,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
             return
         atomic_save({
             "epoch": epoch_, "step": step_, "accum": dataclasses.asdict(accum),
-            "alpha_steps": alpha_steps,
+            "alpha_steps": alpha_steps, "prev_genotype": prev_genotype,
             "converged_run": converged_run, "model": net.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "architect": architect.state_dict(), "rng": rng_state(),
@@ -257,8 +259,8 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
         valid_loss, valid_acc = evaluate(net, valid_eval, device, d)
         signals = collapse_signals(net, threshold=cfg.converge_threshold)
         genotype = net.genotype()
-        prev = history[-1]["genotype"] if history else None
-        held = bool(signals["collapse/kept_above"]) and prev == genotype.to_dict()
+        held = bool(signals["collapse/kept_above"]) and prev_genotype == genotype.to_dict()
+        prev_genotype = genotype.to_dict()
         converged_run = converged_run + 1 if held else 0
         record: dict[str, Any] = {
             "epoch": epoch, "lr": lr, "alpha_steps": alpha_steps,
