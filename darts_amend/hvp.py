@@ -36,6 +36,7 @@ __all__ = [
     "NonFiniteLossError",
     "Products",
     "check_batch",
+    "hessian_matvec",
     "hessian_vector_product",
     "list_cosine",
     "list_dot",
@@ -358,6 +359,25 @@ def _central_difference(
     return [(a - b) / (2.0 * step) for a, b in zip(plus, minus, strict=True)]
 
 
+def _gradient_graph(
+    net: nn.Module, batch: Batch, loss_fn: LossFn, params: Sequence[Tensor], what: str
+) -> tuple[Tensor, TensorList]:
+    """One forward and one ``create_graph`` backward: ``(loss, grad_params L)``, the gradient
+    still carrying its graph, so that each product ``grad_x <grad_params L, u>`` is one double
+    backward (:func:`_graph_product`). Raises :class:`NonFiniteLossError` for a nan/inf loss."""
+    loss = _evaluate(loss_fn, net, batch, what)
+    _check_finite(loss, what)
+    return loss, _grad(loss, params, create_graph=True)
+
+
+def _graph_product(
+    grads: Sequence[Tensor], targets: Sequence[Tensor], u: Sequence[Tensor], *, retain: bool
+) -> TensorList:
+    """``grad_targets <grads, u>`` (detached) on the graph of ``grads`` (from
+    :func:`_gradient_graph`); ``retain`` keeps that graph for further products."""
+    return [t.detach() for t in _grad(grads, targets, u, retain_graph=retain)]
+
+
 def second_order_products(
     net: nn.Module,
     batch: Batch,
@@ -384,16 +404,14 @@ def second_order_products(
             ),
             loss=None,
         )
-    loss = _evaluate(loss_fn, net, batch, "training loss")
-    _check_finite(loss, "training loss")
     # g_w = grad_w L with its graph: H u = grad_w <g_w, u>, B u = grad_alpha <g_w, u>
-    g_w = _grad(loss, weights, create_graph=True)
+    loss, g_w = _gradient_graph(net, batch, loss_fn, weights, "training loss")
 
     def hvp(u: TensorList) -> TensorList:
-        return [t.detach() for t in _grad(g_w, weights, u, retain_graph=True)]
+        return _graph_product(g_w, weights, u, retain=True)
 
     def mixed(u: TensorList, retain: bool = False) -> TensorList:
-        return [t.detach() for t in _grad(g_w, alphas, u, retain_graph=retain)]
+        return _graph_product(g_w, alphas, u, retain=retain)
 
     return Products(hvp=hvp, mixed=mixed, loss=loss.detach())
 
@@ -432,10 +450,54 @@ def hessian_vector_product(
         with preserve_state(net, parameters=True):
             return _central_difference(net, batch, loss_fn, params, u, params, r)
     with preserve_state(net, parameters=False):
-        loss = _evaluate(loss_fn, net, batch)
-        _check_finite(loss, "loss")
-        grads = _grad(loss, params, create_graph=True)
-        return [t.detach() for t in _grad(grads, params, u)]
+        _, grads = _gradient_graph(net, batch, loss_fn, params, "loss")
+        return _graph_product(grads, params, u, retain=False)
+
+
+@contextlib.contextmanager
+def hessian_matvec(
+    model: nn.Module,
+    batch: Batch,
+    *,
+    wrt: str = "weights",
+    loss_fn: LossFn | None = None,
+) -> Iterator[Matvec]:
+    """The exact Hessian of ``loss_fn(model, *batch)`` w.r.t. ``wrt`` ("weights" or "alphas") as
+    a closure ``u -> H u`` over ONE shared graph, for many products at one point (power
+    iteration, Lanczos, a dense Hessian column by column)::
+
+        with hessian_matvec(model, batch, wrt="alphas") as hvp:
+            hu, hv = hvp(u), hvp(v)     # u, v: tensor lists aligned with the alphas
+
+    Entering runs one forward and one ``create_graph`` backward (the model, batch and
+    ``loss_fn`` are checked first, like :func:`hessian_vector_product`; a nan/inf loss raises
+    :class:`NonFiniteLossError`); each ``hvp(u)`` is one double backward on that graph, so every
+    product sees the same function (same dropout masks, same batch statistics). Each ``u`` is
+    checked like ``vector`` there; results are detached and aligned with the parameters.
+    Parameters are never written and ``.grad`` is untouched; buffers (BatchNorm running
+    statistics) are restored bit-exactly on exit, also on error. The graph is freed on exit;
+    calling ``hvp`` after that raises ``RuntimeError``.
+    """
+    if wrt not in ("weights", "alphas"):
+        raise ValueError(f"invalid wrt: {wrt!r}; use 'weights' or 'alphas'")
+    alphas, weights = split_parameters(model)
+    net = unwrap_model(model)
+    params = weights if wrt == "weights" else alphas
+    check_batch(batch, "batch", alphas[0].device)
+    loss_fn = resolve_loss(loss_fn)
+    with preserve_state(net, parameters=False):
+        graph = list(_gradient_graph(net, batch, loss_fn, params, "loss")[1])
+
+        def hvp(vector: Sequence[Tensor]) -> TensorList:
+            if not graph:
+                raise RuntimeError("hessian_matvec: hvp() called after its with-block ended")
+            u = _check_vector(vector, params, "vector", wrt)
+            return _graph_product(graph, params, u, retain=True)
+
+        try:
+            yield hvp
+        finally:
+            graph.clear()  # drop the double-backward graph before the buffers are restored
 
 
 def mixed_vector_product(

@@ -36,6 +36,7 @@ from darts_amend.diagnostics import (
     read_metrics,
     skip_share,
 )
+from darts_amend.hvp import NonFiniteLossError
 from darts_amend.supernet import Genotype, build_search_network
 
 DTYPE = torch.float64
@@ -252,6 +253,12 @@ def test_dominant_eigenvalue_power_and_errors() -> None:
         dominant_eigenvalue(model, batch, wrt="betas")
     with pytest.raises(ValueError, match="magnitude"):
         dominant_eigenvalue(model, batch, method="power")
+    # a non-finite loss raises the core's error (one product path: darts_amend.hvp.hessian_matvec)
+    before = snapshot(model)
+    for wrt in ("alphas", "weights"):
+        with pytest.raises(NonFiniteLossError, match="nan"):
+            dominant_eigenvalue(model, (m * math.nan, batch[1]), wrt=wrt)
+    assert_same_state(before, snapshot(model))
 
 
 def _counterexample(k: float = 4.0) -> tuple[QuadraticBilevel, tuple, tuple]:

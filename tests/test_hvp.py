@@ -24,6 +24,7 @@ from torch import nn
 
 from darts_amend.hvp import (
     NonFiniteLossError,
+    hessian_matvec,
     hessian_vector_product,
     list_cosine,
     list_dot,
@@ -57,6 +58,58 @@ def test_exact_products_match_dense(batchnorm):
         rtol=1e-10,
         atol=1e-12,
     )
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_hessian_matvec_many_products_on_one_graph_match_dense(batchnorm):
+    model, batch, alphas, weights, A, B, H = _setup(batchnorm=batchnorm, register_alphas=True)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    before = snapshot(model)
+    version = [p._version for p in model.parameters()]
+    calls = {"n": 0}
+
+    def counting(m, x, y):
+        calls["n"] += 1
+        return m._loss(x, y)
+
+    for wrt, params, dense in (("weights", weights, H), ("alphas", alphas, A)):
+        calls["n"] = 0
+        with hessian_matvec(model, batch, wrt=wrt, loss_fn=counting) as hvp:
+            vectors = [[torch.randn_like(p) for p in params] for _ in range(4)]
+            vectors.append([torch.zeros_like(p) for p in params])
+            for u in vectors:
+                hu = hvp(u)
+                assert [t.shape for t in hu] == [p.shape for p in params]
+                assert all(not t.requires_grad for t in hu)
+                assert_close(hu, dense @ flat(u), rtol=1e-10, atol=1e-12, msg=wrt)
+            # the same vector twice on the same graph gives bit-identical products
+            assert torch.equal(flat(hvp(vectors[0])), flat(hvp(vectors[0])))
+        assert calls["n"] == 1, "every product must reuse the one forward/backward graph"
+        with pytest.raises(RuntimeError, match="after its with-block"):
+            hvp(vectors[0])
+    assert_same_state(before, snapshot(model))  # BN running stats restored, .grad untouched
+    assert version == [p._version for p in model.parameters()]  # parameters never written
+
+
+def test_hessian_matvec_bad_inputs_and_non_finite_loss():
+    model, batch, alphas, weights, *_ = _setup(batchnorm=True)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="invalid wrt"):
+        with hessian_matvec(model, batch, wrt="both"):
+            pass
+    with pytest.raises(TypeError, match="pair"):
+        with hessian_matvec(model, batch[0]):
+            pass
+    with pytest.raises(NonFiniteLossError, match="nan"):
+        with hessian_matvec(model, (batch[0] * float("nan"), batch[1])):
+            pass
+    with hessian_matvec(model, batch, wrt="alphas") as hvp:
+        with pytest.raises(ValueError, match="tensors but there are"):
+            hvp([torch.ones_like(a) for a in alphas] * 2)
+        with pytest.raises(ValueError, match="shape"):
+            hvp([torch.ones(len(alphas[0].reshape(-1)) + 1, dtype=alphas[0].dtype)])
+    assert_same_state(before, snapshot(model))
 
 
 def test_finite_difference_matches_dense_and_error_shrinks_quadratically():

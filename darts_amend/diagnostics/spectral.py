@@ -4,7 +4,7 @@ Everything here works on a *closure* ``matvec: Tensor(n) -> Tensor(n)`` over fla
 the same code serves the Hessian of the validation loss in the alphas (RobustDARTS' collapse
 signal) and the Hessian H of the training loss in the weights, without ever forming a dense
 Hessian. :func:`dominant_eigenvalue` wires a model and a batch to these solvers through
-:func:`darts_amend.hvp.hessian_vector_product`.
+:func:`darts_amend.hvp.hessian_matvec` (many products on one shared graph).
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ __all__ = [
     "power_iteration",
     "lanczos",
     "dominant_eigenvalue",
-    "hessian_matvec",
 ]
 
 logger = logging.getLogger(__name__)
@@ -198,47 +197,6 @@ def _fixed_randomness(device: torch.device) -> Iterator[Callable[[], None]]:
         yield reset
 
 
-def hessian_matvec(
-    model: nn.Module,
-    batch: tuple[Tensor, Tensor],
-    *,
-    wrt: str = "alphas",
-    loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
-) -> tuple[Matvec, list[Tensor]]:
-    """``(matvec, params)``: the Hessian of ``loss_fn(model, *batch)`` in ``wrt`` as a closure
-    on flat vectors, built on one forward and one ``create_graph`` backward that every product
-    reuses (each product is one double backward). Run it inside ``preserve_state(model)``:
-    the forward pass updates BatchNorm running statistics. The graph lives as long as
-    ``matvec``."""
-    from darts_amend.hvp import check_batch, resolve_loss, split_parameters, unwrap_model
-
-    if wrt not in ("alphas", "weights"):
-        raise ValueError(f"invalid wrt: {wrt!r} (expected 'alphas' or 'weights')")
-    alphas, weights = split_parameters(model)
-    params = alphas if wrt == "alphas" else weights
-    check_batch(batch, "batch", alphas[0].device)
-    loss = resolve_loss(loss_fn)(unwrap_model(model), batch[0], batch[1])
-    if not isinstance(loss, Tensor) or loss.numel() != 1:
-        raise TypeError("loss_fn must return a scalar tensor")
-    if not bool(torch.isfinite(loss.detach())):
-        raise FloatingPointError(f"the loss is {loss.item()}")
-    grads = torch.autograd.grad(loss.reshape(()), params, create_graph=True, allow_unused=True)
-    # parameters the gradient does not depend on contribute zero rows to the Hessian
-    live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-
-    def matvec(u: Tensor) -> Tensor:
-        pieces = _unflatten(u, params)
-        out = [torch.zeros_like(p) for p in params]
-        if live:
-            hv = torch.autograd.grad([grads[i] for i in live], params,
-                                     grad_outputs=[pieces[i] for i in live],
-                                     retain_graph=True, allow_unused=True)
-            out = [o if h is None else h.detach() for o, h in zip(out, hv, strict=True)]
-        return _flatten(out)
-
-    return matvec, [p.detach() for p in params]
-
-
 def dominant_eigenvalue(
     model: nn.Module,
     batch: tuple[Tensor, Tensor],
@@ -265,7 +223,7 @@ def dominant_eigenvalue(
     order of the residual squared over the spectral gap, so 1e-2 gives a value good to far
     better than 1% -- ample for a trend -- in fewer products than a tighter tolerance.
     """
-    from darts_amend.hvp import preserve_state, split_parameters
+    from darts_amend.hvp import hessian_matvec, preserve_state, split_parameters
 
     if wrt not in ("alphas", "weights"):
         raise ValueError(f"invalid wrt: {wrt!r} (expected 'alphas' or 'weights')")
@@ -277,16 +235,23 @@ def dominant_eigenvalue(
         raise ValueError("method='power' finds the eigenvalue of largest magnitude: "
                          "pass which='magnitude' or use method='lanczos'")
     _check(1, iterations, tol)
-    alphas, _ = split_parameters(model)
+    alphas, weights = split_parameters(model)
+    params = alphas if wrt == "alphas" else weights
     start = time.perf_counter()
-    with preserve_state(model), _fixed_randomness(alphas[0].device):
-        matvec, params = hessian_matvec(model, batch, wrt=wrt, loss_fn=loss_fn)
-        v0 = _start_vector(sum(p.numel() for p in params), params[0], seed)
+    with (
+        preserve_state(model),
+        _fixed_randomness(alphas[0].device),
+        hessian_matvec(model, batch, wrt=wrt, loss_fn=loss_fn) as hvp,
+    ):
+        # the solvers work on flat vectors; the core's products on lists aligned with params
+        def matvec(u: Tensor) -> Tensor:
+            return _flatten(hvp(_unflatten(u, params)))
+
+        v0 = _start_vector(sum(p.numel() for p in params), params[0].detach(), seed)
         if method == "lanczos":
             res = lanczos(matvec, v0, iterations=iterations, tol=tol, which=which)
         else:
             res = power_iteration(matvec, v0, iterations=iterations, tol=tol)
-        del matvec  # free the double-backward graph before restoring the state
     seconds = time.perf_counter() - start
     if not res.converged:
         logger.info("dominant eigenvalue (%s) not converged after %d products: %.4g +- %.2g",
