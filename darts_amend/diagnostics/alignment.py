@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from darts_amend._types import LossFn
+from darts_amend.hvp import list_cosine
+
 from .spectral import _fixed_randomness, _flatten, _unflatten
 
 __all__ = ["EstimatorAlignment", "AlignmentReport", "alignment", "dense_hypergradient"]
 
-LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 DEFAULT_ESTIMATORS = ("first_order", "amended")
 DEFAULT_REFERENCE_OPTIONS: dict[str, dict[str, Any]] = {
     "implicit_cg": {"iterations": 50},
@@ -66,13 +68,6 @@ class AlignmentReport:
             for field, value in vars(res).items():
                 out[f"{prefix}/{name}/{field}"] = value if math.isfinite(value) else None
         return out
-
-
-def _cosine(a: Tensor, b: Tensor) -> float:
-    na, nb = float(a.norm()), float(b.norm())
-    if na == 0 or nb == 0:
-        return math.nan
-    return float(torch.dot(a, b)) / (na * nb)
 
 
 def _rel_err(a: Tensor, ref: Tensor) -> float:
@@ -209,7 +204,7 @@ def alignment(
             g2 = _flatten(g2).detach() if g2 is not None else torch.zeros_like(ref_g2)
             grad = _flatten(hg.grads).detach()
             results[name] = EstimatorAlignment(
-                cos_g2=_cosine(g2, ref_g2), rel_err_g2=_rel_err(g2, ref_g2),
-                g2_norm_ratio=_ratio(g2, ref_g2), cos_grad=_cosine(grad, ref_grad),
+                cos_g2=list_cosine([g2], [ref_g2]), rel_err_g2=_rel_err(g2, ref_g2),
+                g2_norm_ratio=_ratio(g2, ref_g2), cos_grad=list_cosine([grad], [ref_grad]),
                 rel_err_grad=_rel_err(grad, ref_grad), seconds=seconds)
     return AlignmentReport(reference, ref_seconds, results)

@@ -5,11 +5,13 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from darts_amend._types import LossFn
 
 from .alignment import DEFAULT_ESTIMATORS, alignment
 from .collapse import (
@@ -27,7 +29,6 @@ __all__ = ["collapse_signals", "epoch_diagnostics"]
 
 logger = logging.getLogger(__name__)
 
-LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 _CURVATURE = ("alphas", "weights")
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from darts_amend._types import LossFn
+
 __all__ = [
     "EigenResult",
     "power_iteration",
@@ -202,7 +204,7 @@ def dominant_eigenvalue(
     batch: tuple[Tensor, Tensor],
     *,
     wrt: str = "alphas",
-    loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
+    loss_fn: LossFn | None = None,
     method: str = "lanczos",
     which: str = "largest",
     iterations: int = 20,
