@@ -34,7 +34,6 @@ with ``.cuda()``.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -42,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from ..architect import AmendedArchitect
-from ..estimators import ESTIMATORS
+from ..estimators import ESTIMATORS, _number
 from ..hvp import MODES, split_parameters, unwrap_model
 
 __all__ = ["UpstreamArchitect", "read_amend_options"]
@@ -61,15 +60,6 @@ def _required(args: Any, name: str) -> Any:
     return getattr(args, name)
 
 
-def _finite(name: str, value: Any, *, positive: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):
-        raise ValueError(
-            f"invalid {name}: {value!r} (must be a finite number {'> 0' if positive else '>= 0'})"
-        )
-    return float(value)
-
-
 def read_amend_options(args: Any) -> tuple[str, dict[str, Any]]:
     """``(estimator, estimator_options)`` from ``args.amend_*``; ValueError for a flag that would do
     nothing."""
@@ -82,7 +72,7 @@ def read_amend_options(args: Any) -> tuple[str, dict[str, Any]]:
     options: dict[str, Any] = {}
     eta = getattr(args, "amend_eta", None)
     if estimator == "amended":
-        options["eta"] = 0.1 if eta is None else _finite("amend_eta", eta)
+        options["eta"] = 0.1 if eta is None else _number("amend_eta", eta)
     elif eta is not None:
         raise ValueError(
             f"amend_eta={eta!r} is only used by amend_estimator 'amended', not {estimator!r}"
@@ -116,15 +106,15 @@ class UpstreamArchitect:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.network_momentum = _finite("args.momentum", _required(args, "momentum"))
-        self.network_weight_decay = _finite("args.weight_decay", _required(args, "weight_decay"))
-        arch_lr = _finite(
-            "args.arch_learning_rate", _required(args, "arch_learning_rate"), positive=True
+        self.network_momentum = _number("args.momentum", _required(args, "momentum"))
+        self.network_weight_decay = _number("args.weight_decay", _required(args, "weight_decay"))
+        arch_lr = _number(
+            "args.arch_learning_rate", _required(args, "arch_learning_rate"), strict=True
         )
-        arch_wd = _finite("args.arch_weight_decay", _required(args, "arch_weight_decay"))
+        arch_wd = _number("args.arch_weight_decay", _required(args, "arch_weight_decay"))
         self.grad_clip: float | None = None
         if self.clips_alpha_gradient:
-            self.grad_clip = _finite("args.grad_clip", _required(args, "grad_clip"), positive=True)
+            self.grad_clip = _number("args.grad_clip", _required(args, "grad_clip"), strict=True)
         self.estimator, options = read_amend_options(args)
         self.amend_eta: float | None = options.get("eta")
         self.amend_mode: str | None = options.get("mode")
@@ -232,7 +222,7 @@ class UpstreamArchitect:
         if self.estimator == "unrolled":
             xi = float(eta.item() if isinstance(eta, Tensor) else eta)
             options = dict(
-                xi=_finite("eta (the weight learning rate)", xi, positive=True),
+                xi=_number("eta (the weight learning rate)", xi, strict=True),
                 momentum=self.network_momentum,
                 momentum_buffers=self._momentum_buffers(network_optimizer),
                 weight_decay=self.network_weight_decay,
