@@ -15,6 +15,7 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
+from helpers import one_thread  # noqa: F401  (autouse fixture: one intra-op thread per test)
 from test_adapters_support import (
     DartsLikeNet,
     PCDartsLikeNet,
@@ -37,19 +38,6 @@ ADAPTERS = {
     "pc_darts": (pc_darts.Architect, PCDartsLikeNet),
     "p_darts": (p_darts.Architect, PDartsLikeNet),
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP
-    threads
-    oversubscribe badly (measured: a float64 amended step 0.25 s with 1 thread, ~30 s with 2 under
-    load).
-    Set for each test and restored afterwards, so nothing leaks into other test modules."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def weights_and_buffers(model: nn.Module) -> dict[str, torch.Tensor]:

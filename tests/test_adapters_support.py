@@ -40,6 +40,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import one_thread  # noqa: F401  (autouse fixture: one intra-op thread per test)
 
 __all__ = [
     "OPS",
@@ -61,19 +62,6 @@ OPS = ("none", "skip_connect", "conv_3x3", "avg_pool_3x3")
 def device() -> torch.device:
     """Test device from ``TORCH_DEVICE`` (default cpu), as the rest of the test-suite."""
     return torch.device(os.environ.get("TORCH_DEVICE", "cpu"))
-
-
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP
-    threads
-    oversubscribe badly (measured: a float64 amended step 0.25 s with 1 thread, ~30 s with 2 under
-    load).
-    Set for each test and restored afterwards, so nothing leaks into other test modules."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # -----------------------------------------------------------------------------------------------

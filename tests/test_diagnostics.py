@@ -15,6 +15,7 @@ from helpers import (
     dense_blocks,
     dense_grad,
     make_batch,
+    one_thread,  # noqa: F401  (autouse fixture: one intra-op thread per test)
     seed_all,
     snapshot,
 )
@@ -353,15 +354,6 @@ def test_alignment_rejects_bad_requests() -> None:
 # ---------------------------------------------------------------- collapse on a real supernet
 
 
-@pytest.fixture
-def one_thread():
-    # tiny convolutions: intra-op threads only add contention on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _set_alphas(net, values: dict[str, float]) -> None:
     with torch.no_grad():
         for a in net.alphas:
@@ -406,7 +398,7 @@ def test_collapse_signals_on_a_collapsing_darts_supernet() -> None:
         collapse_signals(torch.nn.Linear(2, 2))
 
 
-def test_epoch_diagnostics_on_s1_supernet(one_thread) -> None:
+def test_epoch_diagnostics_on_s1_supernet() -> None:
     torch.manual_seed(0)
     net = build_search_network("s1", C=2, num_classes=3, layers=3, in_channels=1,
                                dropout=0.2).double().train()

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import one_thread  # noqa: F401  (autouse fixture: one intra-op thread per test)
 
 from darts_amend.adapters import patch_repo
 from darts_amend.adapters.patch_repo import (
@@ -153,17 +153,6 @@ def train(input, target, input_search, target_search, model, criterion, optimize
     loss_a.backward()
     optimizer_a.step()
 """
-
-
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    """The patched fake checkouts run real architect steps: one intra-op thread (restored
-    afterwards)
-    avoids OpenMP oversubscription on a loaded 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def fake_checkout(root: Path, flavor: str) -> Path:

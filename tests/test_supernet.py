@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import one_thread  # noqa: F401  (autouse fixture: one intra-op thread per test)
 
 from darts_amend.supernet import (
     PRIMITIVES,
@@ -26,14 +27,8 @@ from darts_amend.supernet.search import channel_shuffle
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # many tiny convolutions: on a loaded 2-core machine intra-op threads only contend
-    # (measured: 0.26 s per step on 1 thread, 3-60 s on 2 busy threads); restored afterwards
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seed():
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _check_grads(net: SearchNetwork, x: torch.Tensor, y: torch.Tensor) -> None:

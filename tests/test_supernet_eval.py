@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import one_thread  # noqa: F401  (autouse fixture: one intra-op thread per test)
 
 from darts_amend.supernet import (
     DARTS_V1,
@@ -24,12 +25,8 @@ from darts_amend.supernet.operations import Identity
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    threads = torch.get_num_threads()  # see tests/test_supernet.py: tiny convs, busy cores
-    torch.set_num_threads(1)
+def _seed():
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_darts_v2_cifar_parameters_match_darts_paper() -> None:
