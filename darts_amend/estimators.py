@@ -212,10 +212,49 @@ def first_order(
     model: nn.Module, train_batch: Batch, valid_batch: Batch, *, loss_fn: LossFn | None = None
 ) -> Hypergradient:
     """First-order DARTS: ``g = g1 = grad_alpha L_val(w, alpha)`` (one forward/backward)."""
-    net, alphas, weights, loss_fn = _prepare(model, train_batch, valid_batch, loss_fn)
+    val_loss, g1 = _first_order_pass(
+        _prepare(model, train_batch, valid_batch, loss_fn), valid_batch
+    )
+    return Hypergradient(grads=g1, terms={"g1": g1}, val_loss=val_loss)
+
+
+def _first_order_pass(
+    prepared: tuple[nn.Module, TensorList, TensorList, LossFn], valid_batch: Batch
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """``(L_val, g1)`` from one forward/backward on the validation batch (buffers restored)."""
+    net, alphas, weights, loss_fn = prepared
     with preserve_state(net, parameters=False):
         val_loss, g1, _ = _val_pass(net, valid_batch, loss_fn, alphas, weights, need_v=False)
-    return Hypergradient(grads=g1, terms={"g1": g1}, val_loss=val_loss)
+    return val_loss, g1
+
+
+def _with_second_term(
+    prepared: tuple[nn.Module, TensorList, TensorList, LossFn],
+    train_batch: Batch,
+    valid_batch: Batch,
+    mode: str,
+    r: float,
+    apply: Callable[[Matvec, TensorList], TensorList],
+    scale: float = 1.0,
+) -> Hypergradient:
+    """``g = g1 + g2`` with ``g2 = -scale * B apply(H, v)``, everything at the current w.
+
+    ``apply(hvp, v)`` is ``H v`` for amended (``scale = eta``) and ``x ~ H^-1 v`` for the
+    implicit estimators (``scale = 1``). In exact mode H and B share one ``create_graph``
+    backward on the training batch (:func:`darts_amend.hvp.second_order_products`).
+    """
+    net, alphas, weights, loss_fn = prepared
+    with preserve_state(net, parameters=(mode == "finite_difference")):
+        val_loss, g1, v = _val_pass(net, valid_batch, loss_fn, alphas, weights)
+        products = second_order_products(net, train_batch, loss_fn, alphas, weights, mode=mode, r=r)
+        bx = products.mixed(apply(products.hvp, v))
+    g2 = tuple(-scale * t for t in bx)
+    return Hypergradient(
+        grads=_combine(g1, g2),
+        terms={"g1": g1, "g2": g2},
+        val_loss=val_loss,
+        train_loss=products.loss,
+    )
 
 
 def amended(
@@ -237,23 +276,14 @@ def amended(
     """
     eta = _number("eta", eta)
     _check_mode(mode, r)
-    net, alphas, weights, loss_fn = _prepare(model, train_batch, valid_batch, loss_fn)
+    prepared = _prepare(model, train_batch, valid_batch, loss_fn)
     if eta == 0.0:
-        with preserve_state(net, parameters=False):
-            val_loss, g1, _ = _val_pass(net, valid_batch, loss_fn, alphas, weights, need_v=False)
+        val_loss, g1 = _first_order_pass(prepared, valid_batch)
         g2 = tuple(torch.zeros_like(g) for g in g1)
         return Hypergradient(grads=g1, terms={"g1": g1, "g2": g2}, val_loss=val_loss)
-    with preserve_state(net, parameters=(mode == "finite_difference")):
-        val_loss, g1, v = _val_pass(net, valid_batch, loss_fn, alphas, weights)
-        products = second_order_products(net, train_batch, loss_fn, alphas, weights, mode=mode, r=r)
-        hv = products.hvp(v)  # H v
-        bhv = products.mixed(hv)  # B (H v)
-    g2 = tuple(-eta * t for t in bhv)  # g2' = -eta * B H v
-    return Hypergradient(
-        grads=_combine(g1, g2),
-        terms={"g1": g1, "g2": g2},
-        val_loss=val_loss,
-        train_loss=products.loss,
+    # g2' = -eta * B (H v)
+    return _with_second_term(
+        prepared, train_batch, valid_batch, mode, r, lambda hvp, v: hvp(v), scale=eta
     )
 
 
@@ -331,22 +361,6 @@ def _check_buffers(
     return [None if b is None else b.detach() for b in buffers]
 
 
-def _implicit(model, train_batch, valid_batch, loss_fn, mode, r, solve) -> Hypergradient:
-    net, alphas, weights, loss_fn = _prepare(model, train_batch, valid_batch, loss_fn)
-    with preserve_state(net, parameters=(mode == "finite_difference")):
-        val_loss, g1, v = _val_pass(net, valid_batch, loss_fn, alphas, weights)
-        products = second_order_products(net, train_batch, loss_fn, alphas, weights, mode=mode, r=r)
-        x = solve(products.hvp, v)  # x ~ H^-1 v
-        bx = products.mixed(x)
-    g2 = tuple(-t for t in bx)  # g2 = -B H^-1 v
-    return Hypergradient(
-        grads=_combine(g1, g2),
-        terms={"g1": g1, "g2": g2},
-        val_loss=val_loss,
-        train_loss=products.loss,
-    )
-
-
 def implicit_cg(
     model: nn.Module,
     train_batch: Batch,
@@ -374,7 +388,8 @@ def implicit_cg(
         )
         return conjugate_gradient(damped, v, iterations, tol=tol)
 
-    return _implicit(model, train_batch, valid_batch, loss_fn, mode, r, solve)
+    prepared = _prepare(model, train_batch, valid_batch, loss_fn)
+    return _with_second_term(prepared, train_batch, valid_batch, mode, r, solve)  # x ~ H^-1 v
 
 
 def implicit_neumann(
@@ -394,14 +409,14 @@ def implicit_neumann(
     terms = _count("terms", terms)
     gamma = _number("gamma", gamma, strict=True)
     _check_mode(mode, r)
-    return _implicit(
-        model,
+    prepared = _prepare(model, train_batch, valid_batch, loss_fn)
+    return _with_second_term(
+        prepared,
         train_batch,
         valid_batch,
-        loss_fn,
         mode,
         r,
-        lambda hvp, v: neumann_series(hvp, v, terms, gamma),
+        lambda hvp, v: neumann_series(hvp, v, terms, gamma),  # x ~ H^-1 v
     )
 
 
