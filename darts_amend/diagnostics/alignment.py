@@ -97,6 +97,7 @@ def dense_hypergradient(
     this refuses models with more than ``max_weights`` weights) and solved densely; it must be
     non-singular. Both results are tuples aligned with ``model.arch_parameters()``.
     """
+    from darts_amend.estimators import _val_pass
     from darts_amend.hvp import (
         check_batch,
         preserve_state,
@@ -117,12 +118,8 @@ def dense_hypergradient(
     loss = resolve_loss(loss_fn)
     like = weights[0].detach()
     with preserve_state(net):
-        val = loss(net, valid_batch[0], valid_batch[1])
-        params = list(alphas) + list(weights)
-        grads = torch.autograd.grad(val, params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g.detach()
-                 for g, p in zip(grads, params, strict=True)]
-        g1, v = grads[: len(alphas)], _flatten(grads[len(alphas):])
+        _, g1, v_list = _val_pass(net, valid_batch, loss, alphas, weights)  # the estimators' g1, v
+        v = _flatten(v_list)
         # H column by column (one double backward each, on one shared graph), then B H^-1 v
         products = second_order_products(net, train_batch, loss, alphas, weights, mode="exact")
         eye = torch.eye(n, dtype=like.dtype, device=like.device)
@@ -135,7 +132,7 @@ def dense_hypergradient(
             raise ValueError(f"dense reference: H is singular ({exc})") from exc
         bx = products.mixed(_unflatten(x, weights))
     g2 = tuple(-b.detach() for b in bx)
-    return tuple(g1), g2
+    return g1, g2
 
 
 def _normalise_estimators(
