@@ -16,11 +16,11 @@ from torch import Tensor, nn
 
 from .genotypes import CellGenotype, Genotype
 from .operations import (
-    AuxiliaryHead,
     FactorizedReduce,
     Identity,
     ReLUConvBN,
     drop_path,
+    make_head,
     make_op,
     make_stem,
 )
@@ -133,14 +133,9 @@ class _EvalNetwork(nn.Module):
             C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
             if i == self.aux_layer:
                 C_aux = C_prev
-        self.auxiliary_head = (
-            AuxiliaryHead(C_aux, num_classes, pool_stride=3 if stem == "cifar" else 2)
-            if auxiliary
-            else None
+        self.auxiliary_head, self.global_pooling, self.dropout, self.classifier = make_head(
+            C_prev, C_aux, num_classes, auxiliary=auxiliary, stem=stem, dropout=dropout
         )
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = nn.Linear(C_prev, num_classes)
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

@@ -28,6 +28,7 @@ __all__ = [
     "Zero",
     "FactorizedReduce",
     "AuxiliaryHead",
+    "make_head",
     "make_stem",
     "drop_path",
 ]
@@ -268,3 +269,20 @@ class AuxiliaryHead(nn.Module):
             x = F.adaptive_avg_pool2d(x, 2)
         x = self.features(x)
         return self.classifier(x.flatten(1))
+
+
+def make_head(
+    C_prev: int, C_aux: int, num_classes: int, *, auxiliary: bool, stem: str, dropout: float
+) -> tuple[AuxiliaryHead | None, nn.Module, nn.Module, nn.Linear]:
+    """The network head: ``(auxiliary_head, global_pooling, dropout, classifier)``, built in this
+    order (so parameter initialisation draws the same random numbers in every network).
+    ``auxiliary_head`` (on ``C_aux`` channels) is None without ``auxiliary``; its pooling
+    stride follows the stem (3 for CIFAR, 2 for ImageNet); ``dropout`` is an identity at 0."""
+    auxiliary_head = (
+        AuxiliaryHead(C_aux, num_classes, pool_stride=3 if stem == "cifar" else 2)
+        if auxiliary
+        else None
+    )
+    pooling = nn.AdaptiveAvgPool2d(1)
+    drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+    return auxiliary_head, pooling, drop, nn.Linear(C_prev, num_classes)

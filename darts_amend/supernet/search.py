@@ -26,12 +26,12 @@ from torch import Tensor, nn
 
 from .genotypes import CellGenotype, Genotype
 from .operations import (
-    AuxiliaryHead,
     FactorizedReduce,
     Identity,
     ReLUConvBN,
     Zero,
     drop_path,
+    make_head,
     make_op,
     make_stem,
 )
@@ -272,14 +272,9 @@ class SearchNetwork(nn.Module):
             C_prev_prev, C_prev = C_prev, space.multiplier * C_curr
             if i == self.aux_layer:
                 C_aux = C_prev
-        self.auxiliary_head = (
-            AuxiliaryHead(C_aux, num_classes, pool_stride=3 if stem == "cifar" else 2)
-            if auxiliary
-            else None
+        self.auxiliary_head, self.global_pooling, self.dropout, self.classifier = make_head(
+            C_prev, C_aux, num_classes, auxiliary=auxiliary, stem=stem, dropout=dropout
         )
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = nn.Linear(C_prev, num_classes)
 
         # architecture parameters: alphas (edges x ops) per cell kind, betas (edges) per kind
         n_kinds, n_edges, n_ops = len(self.cell_kinds), space.num_edges, len(space.ops)
