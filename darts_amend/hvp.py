@@ -425,6 +425,17 @@ def _check_mode(mode: str, r: float) -> None:
         )
 
 
+def _prepare_wrt(
+    model: nn.Module, batch: Batch, wrt: str, loss_fn: LossFn | None
+) -> tuple[nn.Module, TensorList, LossFn]:
+    """Checks shared by the Hessian products: ``(net, params of wrt, loss_fn)``."""
+    if wrt not in ("weights", "alphas"):
+        raise ValueError(f"invalid wrt: {wrt!r}; use 'weights' or 'alphas'")
+    alphas, weights = split_parameters(model)
+    check_batch(batch, "batch", alphas[0].device)
+    return unwrap_model(model), weights if wrt == "weights" else alphas, resolve_loss(loss_fn)
+
+
 def hessian_vector_product(
     model: nn.Module,
     batch: Batch,
@@ -437,15 +448,9 @@ def hessian_vector_product(
 ) -> TensorList:
     """Hessian of ``loss_fn(model, *batch)`` w.r.t. ``wrt`` ("weights" or "alphas") times
     ``vector`` (aligned with those parameters). Returns detached tensors aligned likewise."""
-    if wrt not in ("weights", "alphas"):
-        raise ValueError(f"invalid wrt: {wrt!r}; use 'weights' or 'alphas'")
     _check_mode(mode, r)
-    alphas, weights = split_parameters(model)
-    net = unwrap_model(model)
-    params = weights if wrt == "weights" else alphas
+    net, params, loss_fn = _prepare_wrt(model, batch, wrt, loss_fn)
     u = _check_vector(vector, params, "vector", wrt)
-    check_batch(batch, "batch", alphas[0].device)
-    loss_fn = resolve_loss(loss_fn)
     if mode == "finite_difference":
         with preserve_state(net, parameters=True):
             return _central_difference(net, batch, loss_fn, params, u, params, r)
@@ -478,13 +483,7 @@ def hessian_matvec(
     statistics) are restored bit-exactly on exit, also on error. The graph is freed on exit;
     calling ``hvp`` after that raises ``RuntimeError``.
     """
-    if wrt not in ("weights", "alphas"):
-        raise ValueError(f"invalid wrt: {wrt!r}; use 'weights' or 'alphas'")
-    alphas, weights = split_parameters(model)
-    net = unwrap_model(model)
-    params = weights if wrt == "weights" else alphas
-    check_batch(batch, "batch", alphas[0].device)
-    loss_fn = resolve_loss(loss_fn)
+    net, params, loss_fn = _prepare_wrt(model, batch, wrt, loss_fn)
     with preserve_state(net, parameters=False):
         graph = list(_gradient_graph(net, batch, loss_fn, params, "loss")[1])
 
