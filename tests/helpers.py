@@ -13,6 +13,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "DEVICE",
+    "ArchNet",
+    "NoArchNet",
     "assert_same_state",
     "DenseModel",
     "MixedMLP",
@@ -178,6 +180,25 @@ class MixedMLP(nn.Module):
         if self.bn is not None:
             stats = (self.bn.running_mean.clone(), self.bn.running_var.clone())
         return F.cross_entropy(self._logits(alphas[0], p, x, stats), y)
+
+
+class NoArchNet(nn.Module):
+    """A module without ``arch_parameters()``: not a supernet (bad-input tests)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+
+
+class ArchNet(NoArchNet):
+    """``arch_parameters()`` returns the given list as is, valid or not (bad-input tests)."""
+
+    def __init__(self, alphas):
+        super().__init__()
+        self._a = alphas
+
+    def arch_parameters(self):
+        return self._a
 
 
 class QuadraticBilevel(nn.Module):

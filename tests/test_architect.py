@@ -13,7 +13,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from helpers import (
+    ArchNet,
     MixedMLP,
+    NoArchNet,
     assert_same_state,
     flat,
     make_batch,
@@ -195,31 +197,16 @@ def test_load_state_dict_mismatch_changes_nothing():
     assert_same_state(before, snapshot(model))
 
 
-class _NoArch(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(2, 2)
-
-
-class _Arch(_NoArch):
-    def __init__(self, alphas):
-        super().__init__()
-        self._a = alphas
-
-    def arch_parameters(self):
-        return self._a
-
-
 def test_bad_inputs_raise_before_anything_changes():
     model, tb, vb = _setup()
     with pytest.raises(TypeError, match="arch_parameters"):
-        AmendedArchitect(_NoArch())
+        AmendedArchitect(NoArchNet())
     with pytest.raises(ValueError, match="no tensors"):
-        AmendedArchitect(_Arch([]))
+        AmendedArchitect(ArchNet([]))
     with pytest.raises(ValueError, match="does not require grad"):
-        AmendedArchitect(_Arch([torch.zeros(2)]))
+        AmendedArchitect(ArchNet([torch.zeros(2)]))
     with pytest.raises(ValueError, match="not a leaf"):
-        AmendedArchitect(_Arch([torch.zeros(2, requires_grad=True) + 1]))
+        AmendedArchitect(ArchNet([torch.zeros(2, requires_grad=True) + 1]))
     with pytest.raises(ValueError, match="invalid eta"):
         AmendedArchitect(model, eta=-0.1)
     with pytest.raises(ValueError, match="unknown estimator 'darts'; valid names"):

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from helpers import (
     DEVICE,
+    ArchNet,
     MixedMLP,
+    NoArchNet,
     assert_close,
     assert_same_state,
     dense_blocks,
@@ -234,38 +236,22 @@ def test_split_parameters_excludes_registered_alphas_by_identity():
     assert a3[0] is registered.alpha and [id(w) for w in w3] == [id(w) for w in weights]
 
 
-class _NoArch(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(2, 2)
-
-
-class _Arch(nn.Module):
-    def __init__(self, alphas):
-        super().__init__()
-        self.lin = nn.Linear(2, 2)
-        self._a = alphas
-
-    def arch_parameters(self):
-        return self._a
-
-
 def test_split_parameters_bad_inputs():
     with pytest.raises(TypeError, match="arch_parameters"):
-        split_parameters(_NoArch())
+        split_parameters(NoArchNet())
     with pytest.raises(TypeError, match="nn.Module"):
         split_parameters("not a model")
     with pytest.raises(ValueError, match="no tensors"):
-        split_parameters(_Arch([]))
+        split_parameters(ArchNet([]))
     with pytest.raises(ValueError, match="does not require grad"):
-        split_parameters(_Arch([torch.zeros(3)]))
+        split_parameters(ArchNet([torch.zeros(3)]))
     leaf = torch.zeros(3, requires_grad=True)
     with pytest.raises(ValueError, match="not a leaf"):
-        split_parameters(_Arch([leaf * 2]))
+        split_parameters(ArchNet([leaf * 2]))
     with pytest.raises(ValueError, match="more than once"):
-        split_parameters(_Arch([leaf, leaf]))
+        split_parameters(ArchNet([leaf, leaf]))
     with pytest.raises(TypeError, match="not a torch.Tensor"):
-        split_parameters(_Arch([[1.0, 2.0]]))
+        split_parameters(ArchNet([[1.0, 2.0]]))
 
 
 def test_product_bad_inputs():
