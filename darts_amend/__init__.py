@@ -21,6 +21,7 @@ from .estimators import (
 )
 from .hvp import (
     NonFiniteLossError,
+    hessian_matvec,
     hessian_vector_product,
     mixed_vector_product,
     preserve_state,
@@ -43,6 +44,7 @@ __all__ = [
     "unrolled",
     "NonFiniteLossError",
     "__version__",
+    "hessian_matvec",
     "hessian_vector_product",
     "mixed_vector_product",
     "preserve_state",
