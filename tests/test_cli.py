@@ -257,6 +257,11 @@ def test_bad_genotype_and_yaml_files(capsys, tmp_path):
     bad.write_text('{"normal": [["warp_drive", 0]]}')
     _bad(capsys, ["train", "--genotype", str(bad), "--output", str(tmp_path / "o")],
          "does not parse")
+    s2 = tmp_path / "s2.json"  # a per-cell genotype fixes the depth of the network
+    s2.write_text(json.dumps({"cells": [{"edges": [["skip_connect", 0], ["sep_conv_3x3", 1]],
+                                         "concat": [2]}] * 3}))
+    _bad(capsys, ["train", "--genotype", str(s2), "--layers", "5", "--output",
+                  str(tmp_path / "o")], "fixes 3 cells")
     yml = tmp_path / "c.yaml"
     yml.write_text("init_chanels: 8\n")
     _bad(capsys, ["search", "--config", str(yml)], "unknown setting 'init_chanels'")

@@ -307,6 +307,9 @@ def _run(args: argparse.Namespace) -> int:
         from .train import load_genotype
 
         genotype = load_genotype(cfg.genotype)
+        if genotype.num_cells is not None and cfg.layers not in (None, genotype.num_cells):
+            raise CLIError(f"the genotype fixes {genotype.num_cells} cells (one genotype per "
+                           f"cell), but --layers {cfg.layers}")
     train_set, test_set, info, split = _data(cfg, command, cfg.seed)
     d, device = setup_distributed(cfg.device)
     threads = torch.get_num_threads()
