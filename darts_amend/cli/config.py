@@ -174,8 +174,10 @@ SEARCH_PRESETS: dict[str, dict[str, Any]] = {
                        batch_size=96, epochs=100, cutout=True, drop_path_prob=0.2,
                        auxiliary=True, auxiliary_weight=0.4, eta=0.1, estimator="amended"),
     # a CPU-sized run on the bundled digits: a few minutes on 2 cores
+    # one thread: these tensors are too small for intra-op parallelism to pay, and a second
+    # thread on a busy 2-core machine made a step 5-20x slower (measured)
     "tiny": dict(dataset="digits", space="s1", layers=3, init_channels=6, batch_size=64,
-                 epochs=6, learning_rate=0.05, arch_learning_rate=3e-3),
+                 epochs=6, learning_rate=0.05, arch_learning_rate=3e-3, threads=1),
 }
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -183,7 +185,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "paper-imagenet": dict(dataset="imagenet", **_IMAGENET_TRAIN),
     "tiny": dict(dataset="digits", layers=3, init_channels=8, epochs=10, batch_size=64,
                  learning_rate=0.05, drop_path_prob=0.0, cutout=False, auxiliary=False,
-                 label_smooth=0.0, lr_schedule="cosine", weight_decay=3e-4),
+                 label_smooth=0.0, lr_schedule="cosine", weight_decay=3e-4, threads=1),
 }
 
 # keys that do not change what a run computes: they may differ when resuming
