@@ -136,6 +136,62 @@ def test_until_converged_stops_when_rule_holds(tmp_path):
     assert summary["stop_reason"] == "converged" and summary["epochs_run"] == 2
 
 
+# seed 7 measures alpha-Hessian eigenvalues ~0.21 then ~0.73 at epochs 0 and 1: with one-measurement
+# windows a factor of 1.05 fires deterministically at epoch 1 and reverts to epoch 0
+EARLY = [*TINY, "--steps_per_epoch", "1", "--seed", "7", "--epochs", "4", "--diag_every", "1",
+         "--early_stop", "--early_stop_window", "1", "--early_stop_lag", "1",
+         "--early_stop_factor", "1.05", "--early_stop_start", "0"]
+
+
+def test_early_stop_reverts_to_recorded_genotype_and_resumes(tmp_path, monkeypatch, capsys):
+    from darts_amend.diagnostics import eigen_early_stop
+    from darts_amend.supernet import Genotype
+
+    out = tmp_path / "es"
+    assert main(["search", *EARLY, "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = _lines(out)
+    assert [r["epoch"] for r in rows] == [0, 1]  # 4 epochs asked, 2 ran
+    assert [r["diag/early_stop"] for r in rows] == [False, True]
+    assert rows[1]["diag/revert_epoch"] == 0
+    # ground truth: the rule itself on the recorded eigenvalues
+    ev = [r["eig/alphas"] for r in rows]
+    decision = eigen_early_stop([0, 1], ev, window=1, lag=1, factor=1.05, start_epoch=0)
+    assert decision.stop and decision.ratio == pytest.approx(ev[1] / ev[0])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stop_reason"] == "early_stop" and summary["epochs_run"] == 2
+    assert summary["revert_epoch"] == 0 and summary["early_stop_epoch"] == 1
+    kept = Genotype.from_json((out / "genotype.json").read_text())
+    assert kept.to_dict() == rows[0]["genotype"] == summary["genotype"]
+    assert "genotype reverted to the one recorded at epoch 0" in printed
+    # --resume of the finished run re-reads metrics.jsonl and stops again, adding nothing
+    files = _snapshot(out)
+    assert main(["search", "--output", str(out), "--resume", "-q", "--no-progress"]) == 0
+    assert _snapshot(out)["metrics.jsonl"] == files["metrics.jsonl"]
+    assert _snapshot(out)["genotype.json"] == files["genotype.json"]
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+@pytest.mark.slow
+def test_early_stop_after_ctrl_c_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(["search", *EARLY, "--output", str(full)]) == 0
+
+    def ctrl_c(epoch, step):  # interrupted before epoch 1's diagnostics: history from the file
+        if (epoch, step) == (1, 1):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(search_mod, "_on_step", ctrl_c)
+    assert main(["search", *EARLY, "--output", str(cut)]) == 130
+    monkeypatch.setattr(search_mod, "_on_step", lambda e, s: None)
+    assert main(["search", "--output", str(cut), "--resume", "-q", "--no-progress"]) == 0
+    strip = [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in _lines(full)]
+    assert strip == [{k: v for k, v in r.items() if not k.endswith("seconds")}
+                     for r in _lines(cut)]
+    assert (cut / "genotype.json").read_text() == (full / "genotype.json").read_text()
+    assert json.loads((cut / "summary.json").read_text())["stop_reason"] == "early_stop"
+
+
 def test_config_precedence_preset_yaml_flags(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("init_channels: 4\nlayers: 2\neta: 0.3\nspace: s2\n")
@@ -244,6 +300,9 @@ def _bad(capsys, argv, match):
     (["search", "--dataset", "folder", "--data", "NOWHERE"], "ImageFolder layout"),
     (["search", "--estimator", "first_order", "--eta", "0.5"], "--eta applies to"),
     (["search", "--batch_size", "0"], "invalid --batch_size 0"),
+    (["search", "--early_stop"], "only measured with --diag_every"),
+    (["search", "--early_stop", "--diag_every", "1", "--early_stop_factor", "0.9"],
+     "invalid --early_stop_factor 0.9"),
     (["train", "--genotype", "NOT_A_GENOTYPE"], "neither a file"),
 ])
 def test_bad_input_exit_2_and_nothing_written(capsys, tmp_path, argv, match):
@@ -320,3 +379,24 @@ def test_imagenet_recipe_search_and_train_on_jpegs(tmp_path):
     genotype = Genotype.from_json((tmp_path / "s" / "genotype.json").read_text())
     net = NetworkImageNet(4, 2, 3, False, genotype)
     net.load_state_dict(_ckpt(tmp_path / "t")["model"])
+
+
+
+def test_closed_stdout_ends_quietly(search_run, monkeypatch, capsys):
+    """`darts-amend ... | head`: a write after the reader is gone -> exit 141, no traceback."""
+    import sys
+
+    from darts_amend.cli import plots as plots_mod
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(plots_mod, "write_plots", lambda *a, **k: [search_run / "a.png"])
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["plot", str(search_run)]) == 141
+    monkeypatch.undo()
+    assert "Traceback" not in capsys.readouterr().err

@@ -200,11 +200,13 @@ def test_refuses_a_folder_that_is_not_a_checkout(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("hello")
     before = tree(tmp_path)
     assert call(tmp_path, "darts") == 2
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert captured.out == ""  # errors go to stderr (exit code 2)
+    out = captured.err
     assert "refusing" in out and "no train_search.py" in out and "quark0/darts" in out
     assert tree(tmp_path) == before
     assert call(tmp_path / "missing", "pdarts") == 2
-    assert "not a directory" in capsys.readouterr().out
+    assert "not a directory" in capsys.readouterr().err
 
 
 def test_refuses_the_wrong_flavor_without_writing(tmp_path, capsys):
@@ -212,11 +214,11 @@ def test_refuses_the_wrong_flavor_without_writing(tmp_path, capsys):
     fake_checkout(tmp_path / "d", "darts")
     before = tree(tmp_path)
     assert call(tmp_path / "pc", "darts") == 2
-    assert "--flavor pc_darts" in capsys.readouterr().out
+    assert "--flavor pc_darts" in capsys.readouterr().err
     assert call(tmp_path / "d", "pdarts") == 2
-    assert "--flavor darts" in capsys.readouterr().out
+    assert "--flavor darts" in capsys.readouterr().err
     assert call(tmp_path / "d" / "cnn", "pdarts") == 2
-    assert "optimizer_a" in capsys.readouterr().out
+    assert "optimizer_a" in capsys.readouterr().err
     assert tree(tmp_path) == before
 
 
@@ -225,7 +227,7 @@ def test_refuses_an_architect_that_is_neither_upstream_nor_ours(tmp_path, capsys
     (d / "architect.py").write_text("print('something else')\n")
     before = tree(tmp_path)
     assert call(tmp_path, "darts") == 2
-    assert "class Architect" in capsys.readouterr().out
+    assert "class Architect" in capsys.readouterr().err
     assert tree(tmp_path) == before
 
 
@@ -265,7 +267,7 @@ def test_repatching_a_restored_upstream_file_keeps_the_first_backup(tmp_path, ca
     before = tree(tmp_path)
     capsys.readouterr()
     assert call(tmp_path, "darts") == 2
-    assert "differs from its backup" in capsys.readouterr().out
+    assert "differs from its backup" in capsys.readouterr().err
     assert tree(tmp_path) == before
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -466,7 +467,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         plan = plan_patch(args.path, args.flavor)
     except (CheckoutError, OSError) as exc:
-        print(f"darts-amend patch-repo: refusing: {exc}")
+        print(f"darts-amend patch-repo: refusing: {exc}", file=sys.stderr)
         return 2
     f = plan.flavor
     if args.dry_run:

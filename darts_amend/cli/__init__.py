@@ -171,6 +171,15 @@ def _validate_search(cfg: SearchConfig, world: int) -> None:
         raise CLIError(f"invalid --arch_learning_rate {cfg.arch_learning_rate}")
     if cfg.until_converged < 0 or cfg.diag_every < 0:
         raise CLIError("--until-converged and --diag_every must be >= 0")
+    if cfg.early_stop:
+        if cfg.diag_every < 1:
+            raise CLIError("--early_stop decides on the alpha-Hessian eigenvalue, which is only "
+                           "measured with --diag_every N (N >= 1)")
+        if cfg.early_stop_window < 1 or cfg.early_stop_lag < 1 or cfg.early_stop_start < 0:
+            raise CLIError("--early_stop_window and --early_stop_lag must be >= 1, "
+                           "--early_stop_start >= 0")
+        if not cfg.early_stop_factor > 1:
+            raise CLIError(f"invalid --early_stop_factor {cfg.early_stop_factor} (must be > 1)")
     if not 0 < cfg.converge_threshold <= 1:
         raise CLIError(f"invalid --converge_threshold {cfg.converge_threshold}")
     if cfg.partial_channels < 1 or cfg.init_channels % cfg.partial_channels:
@@ -390,6 +399,13 @@ def _finish(command: str, cfg: Any, folder: Any, summary: dict[str, Any], quiet:
     if command == "search":
         print(f"search finished ({summary['stop_reason']}) after {summary['epochs_run']} epochs, "
               f"{summary['alpha_steps']} alpha steps", file=out)
+        if summary["stop_reason"] == "early_stop":
+            ratio = summary.get("early_stop_ratio")
+            print(f"early stop at epoch {summary['early_stop_epoch']}: the alpha-Hessian "
+                  f"eigenvalue's local mean grew "
+                  f"{f'{ratio:.2f}x' if ratio is not None else ''} (> {cfg.early_stop_factor}); "
+                  f"genotype reverted to the one recorded at epoch {summary['revert_epoch']} "
+                  f"(epochs counted from 0, as in metrics.jsonl)", file=out)
         print(str(genotype), file=out)
         conv = ("yes" if summary["converged"] else "no") + (
             f" (kept-op weight min {summary['kept_weight_min']:.3f}, threshold "
@@ -427,7 +443,24 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``darts-amend`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    """Run ``darts-amend`` with ``argv`` (default ``sys.argv[1:]``); return the exit code.
+
+    A closed stdout (``darts-amend ... | head``) ends the command quietly with 141 (128 + SIGPIPE,
+    what a shell reports for a process killed by the broken pipe)."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader is gone: point stdout at devnull so that the interpreter's final flush
+        # raises no second error, and exit without a traceback
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout without a file descriptor
+            pass
+        return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -92,6 +92,14 @@ class SearchConfig:
     diag_every: int = _f(0, "every N epochs also measure the alpha-Hessian eigenvalue and the "
                             "estimators' alignment with implicit CG (0 = only the cheap "
                             "skip-share / entropy / kept-weight signals, every epoch)")
+    early_stop: bool = _f(False, "RobustDARTS-style early stop (DARTS-ES, needs --diag_every): "
+                                 "stop when the local mean of the alpha-Hessian eigenvalue grows "
+                                 "by more than --early_stop_factor and keep the genotype of the "
+                                 "earlier window's centre epoch")
+    early_stop_window: int = _f(5, "eigenvalue measurements averaged into one local mean")
+    early_stop_lag: int = _f(4, "measurements between the two local means compared")
+    early_stop_factor: float = _f(1.3, "growth ratio of the local mean that stops (> 1)")
+    early_stop_start: int = _f(10, "earliest epoch the search may be reverted to")
     steps_per_epoch: int = _f(0, "cap on steps per epoch (0 = the whole weight half)")
     seed: int = _f(2, "random seed")
     workers: int | None = _f(None, "data-loader workers (default: 0 for digits/fake, else 4)")

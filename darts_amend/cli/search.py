@@ -57,6 +57,13 @@ def estimator_options(cfg: SearchConfig) -> dict[str, Any]:
     return opts
 
 
+def _stop_flag(flag: bool, d: Dist, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every rank (only rank 0 runs the diagnostics)."""
+    if not d.enabled:
+        return flag
+    return all_reduce_sums([1.0 if (flag and d.is_main) else 0.0], d, device)[0] > 0
+
+
 def _weight_loss(net: nn.Module, out: Tensor | tuple[Tensor, Tensor],
                  y: Tensor) -> tuple[Tensor, Tensor]:
     """(loss, logits) of a forward output; the auxiliary tower adds its weighted loss."""
@@ -105,12 +112,18 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
     Returns the summary (also written to ``summary.json``)."""
     from darts_amend import AmendedArchitect
     from darts_amend.diagnostics import collapse_signals, epoch_diagnostics
-    from darts_amend.supernet import build_search_network
+    from darts_amend.supernet import Genotype, build_search_network
 
     d: Dist = ctx.dist
     device: torch.device = ctx.device
     folder: RunFolder = ctx.folder
     seed_everything(cfg.seed)
+    if cfg.until_converged and cfg.space == "s2" and d.is_main:
+        logger.warning("--until-converged on s2: with two ops per edge the winning op always "
+                       "weighs >= 0.5, so the rule reduces to genotype stability")
+    early_stop = ({"window": cfg.early_stop_window, "lag": cfg.early_stop_lag,
+                   "factor": cfg.early_stop_factor, "start_epoch": cfg.early_stop_start}
+                  if cfg.early_stop else None)
     net = build_search_network(
         cfg.space, C=cfg.init_channels, num_classes=ctx.info.num_classes, layers=cfg.layers,
         in_channels=ctx.info.in_channels, partial_channels=cfg.partial_channels,
@@ -163,9 +176,18 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
     stop_reason = "epochs"
     epoch = start_epoch
     run_start = time.perf_counter()
-    last: dict[str, Any] = {}
+    last: dict[str, Any] = history[-1] if history else {}
+    # a run that already stopped early (resumed after its end) stops again, before any epoch
+    stopped_early = _stop_flag(bool(early_stop is not None and history
+                                    and history[-1].get("diag/early_stop")), d, device)
 
-    def checkpoint(epoch_: int, step_: int, accum: _Accum) -> None:
+    # an interrupted epoch keeps its last batch pair: the end-of-epoch diagnostics read it
+    resume_batches = None
+    if ctx.checkpoint is not None and ctx.checkpoint.get("last_batches") is not None:
+        resume_batches = tuple((x.to(device), y.to(device))
+                               for x, y in ctx.checkpoint["last_batches"])
+
+    def checkpoint(epoch_: int, step_: int, accum: _Accum, batches: Any = None) -> None:
         if not d.is_main:
             return
         atomic_save({
@@ -174,9 +196,10 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
             "converged_run": converged_run, "model": net.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "architect": architect.state_dict(), "rng": rng_state(),
+            "last_batches": batches,
         }, folder / "checkpoint.pt")
 
-    while epoch < cfg.epochs:
+    while epoch < cfg.epochs and not stopped_early:
         t0 = time.perf_counter()
         net.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
         lr = optimizer.param_groups[0]["lr"]
@@ -191,7 +214,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
                            desc=f"search {epoch + 1}/{cfg.epochs}")
         step = start_step
         model.train()
-        last_batches = None
+        last_batches, resume_batches = resume_batches, None
         pairs = itertools.islice(zip(train_loader, valid_loader, strict=False),
                                 max(n_steps - start_step, 0))
         for (x, y), (xv, yv) in pairs:
@@ -242,7 +265,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
             _on_step(epoch, step)
             if ctx.stop_requested():
                 bar.close()
-                checkpoint(epoch, step, acc)
+                checkpoint(epoch, step, acc, last_batches)
                 ctx.interrupted = (epoch, step)
                 raise KeyboardInterrupt
         bar.close()
@@ -282,7 +305,8 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
                 net, last_batches[0], last_batches[1], epoch=epoch, history=history,
                 every=1, curvature=("alphas",),
                 estimators={"first_order": {}, "amended": {"eta": cfg.eta}},
-                reference="implicit_cg", converge_threshold=cfg.converge_threshold)
+                reference="implicit_cg", converge_threshold=cfg.converge_threshold,
+                early_stop=early_stop)
             record.update(diag)
         else:
             record.update(signals)
@@ -301,6 +325,11 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
                      f"{record['collapse/skip_share']:.2f} kept weight min "
                      f"{record['collapse/kept_weight_min']:.3f} "
                      f"({record['epoch_seconds']:.1f} s)")
+        if early_stop is not None:  # decided on rank 0 (it alone diagnoses); all ranks stop
+            stopped_early = _stop_flag(bool(d.is_main and record.get("diag/early_stop")), d,
+                                       device)
+            if stopped_early:
+                break
         if cfg.until_converged and converged_run >= cfg.until_converged:
             stop_reason = "converged"
             break
@@ -310,6 +339,20 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
             break
 
     genotype = net.genotype()
+    revert: dict[str, Any] = {}
+    if stopped_early:
+        stop_reason = "early_stop"
+        if d.is_main:
+            stop_record = history[-1]
+            revert_epoch = int(stop_record["diag/revert_epoch"])
+            kept = [r for r in history if r.get("epoch") == revert_epoch]
+            if not kept:
+                raise RuntimeError(f"early stop reverts to epoch {revert_epoch}, which "
+                                   f"metrics.jsonl does not hold")
+            genotype = Genotype.from_dict(kept[-1]["genotype"])
+            revert = {"revert_epoch": revert_epoch,
+                      "early_stop_epoch": int(stop_record["epoch"]),
+                      "early_stop_ratio": stop_record.get("diag/early_stop_ratio")}
     summary = {
         "command": "search", "world_size": d.world_size, "epochs_run": epoch,
         "alpha_steps": alpha_steps,
@@ -319,6 +362,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
         "skip_share": genotype.skip_share(),
         "kept_weight_min": last.get("collapse/kept_weight_min"),
         "genotype": genotype.to_dict(),
+        **revert,
     }
     if d.is_main:
         write_json_atomic(folder / "genotype.json", genotype.to_dict())
