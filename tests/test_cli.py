@@ -192,6 +192,15 @@ def test_early_stop_after_ctrl_c_resume_equals_uninterrupted(tmp_path, monkeypat
     assert json.loads((cut / "summary.json").read_text())["stop_reason"] == "early_stop"
 
 
+def test_until_converged_on_s2_warns_once(tmp_path, caplog):
+    argv = [*TINY, "--space", "s2", "--epochs", "1", "--steps_per_epoch", "1",
+            "--until-converged", "1", "--output", str(tmp_path / "s2")]
+    with caplog.at_level("WARNING", logger="darts_amend.cli.search"):
+        assert main(["search", *argv]) == 0
+    hits = [r for r in caplog.records if "reduces to genotype stability" in r.getMessage()]
+    assert len(hits) == 1
+
+
 def test_config_precedence_preset_yaml_flags(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("init_channels: 4\nlayers: 2\neta: 0.3\nspace: s2\n")
