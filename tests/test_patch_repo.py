@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from helpers import one_thread  # noqa: F401  (autouse fixture: one intra-op thread per test)
 
-from darts_amend.adapters import patch_repo
 from darts_amend.adapters.patch_repo import (
     FLAGS_BEGIN,
     PDARTS_EDIT,
@@ -19,6 +18,7 @@ from darts_amend.adapters.patch_repo import (
     plan_patch,
     scan_compat,
 )
+from darts_amend.cli import patch_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,8 @@
   arch tensors)
 * :mod:`darts_amend.adapters.p_darts`  -- chenxin061/pdarts (no upstream architect: replaces its
   inline first-order alpha update, clipping the alpha gradient as it did)
-* :mod:`darts_amend.adapters.patch_repo` -- ``darts-amend patch-repo``
+* :mod:`darts_amend.adapters.patch_repo` -- the checks and edits behind ``darts-amend patch-repo``
+  (the sub-command itself, which prints, is :mod:`darts_amend.cli.patch_repo`)
 
 Every ``Architect`` keeps the upstream constructor ``Architect(model, args)`` and
 ``step(input_train, target_train, input_valid, target_valid, eta, network_optimizer, unrolled)``,

@@ -28,7 +28,7 @@ Differences from upstream, all deliberate: the hypergradient is computed on the 
 weights and BatchNorm running statistics are left bit-exactly as found (upstream's first-order
 backward and its finite-difference step move the running statistics, and its ``.data``
 perturbation drifts the weights by rounding); ``model.new()`` is never called; nothing is moved
-with ``.cuda()``.
+with ``.cuda`` calls.
 """
 
 from __future__ import annotations

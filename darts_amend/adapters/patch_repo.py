@@ -16,17 +16,15 @@ fails):
    with its fix (it does not edit them: they are the user's training scripts);
 5. prints the flags to pass and, for P-DARTS, the edit that replaces its inline alpha update.
 
-The logic lives in functions that return data (``plan_patch``, ``apply_patch``,
-``scan_compat``); only ``run`` prints, because it is the CLI's sub-command.
+The logic lives here in functions that return data (``plan_patch``, ``apply_patch``,
+``scan_compat``); the ``darts-amend patch-repo`` sub-command that prints them is
+``darts_amend.cli.patch_repo``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import re
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
@@ -36,13 +34,11 @@ __all__ = [
     "Flavor",
     "PDARTS_EDIT",
     "PatchPlan",
-    "add_parser",
     "apply_patch",
     "dropin_text",
     "flags_block",
     "locate_checkout",
     "plan_patch",
-    "run",
     "scan_compat",
 ]
 
@@ -432,96 +428,3 @@ def scan_compat(directory: str | Path) -> list[CompatIssue]:
                     issues.append(CompatIssue(path, number, line.strip(), problem, fix))
                     break  # one report per line: the first rule is the most severe
     return issues
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``patch-repo`` on the CLI's sub-parsers; the CLI dispatches to ``run``."""
-    parser = subparsers.add_parser(
-        "patch-repo",
-        help="swap the architect of a DARTS / PC-DARTS / P-DARTS checkout for Amended-DARTS",
-        description="Back up the checkout's architect.py, write darts-amend's drop-in, "
-        "add the --amend_* "
-        "flags to train_search.py (once), and report script lines that break on modern "
-        "PyTorch / numpy.",
-    )
-    parser.add_argument(
-        "path", help="the checkout (repository root; for quark0/darts the cnn/ folder works too)"
-    )
-    parser.add_argument(
-        "--flavor",
-        required=True,
-        choices=sorted(FLAVORS),
-        help="which upstream repository PATH is a checkout of",
-    )
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="check the checkout and show what would change, without writing anything",
-    )
-    parser.set_defaults(func=run)
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """Execute ``patch-repo``; 0 on success (also when already patched), 2 when PATH is refused."""
-    try:
-        plan = plan_patch(args.path, args.flavor)
-    except (CheckoutError, OSError) as exc:
-        print(f"darts-amend patch-repo: refusing: {exc}", file=sys.stderr)
-        return 2
-    f = plan.flavor
-    if args.dry_run:
-        print(f"dry run: {plan.directory} is a {f.repo} checkout; nothing written.")
-        if plan.architect_action != "keep":
-            print(
-                f"  would {plan.architect_action} {plan.architect}"
-                + (f" (backup {plan.architect_backup.name})" if plan.architect_backup else "")
-            )
-        if plan.flags_action == "insert":
-            print(f"  would add the --amend_* flags to {plan.search_script}")
-        if not plan.changes_anything:
-            print("  already patched")
-    else:
-        done = apply_patch(plan)
-        if done:
-            print(f"patched {plan.directory} ({f.repo}):")
-            for line in done:
-                print(f"  {line}")
-        else:
-            print(f"{plan.directory} is already patched ({f.repo}): nothing to do")
-    issues = scan_compat(plan.directory)
-    if issues:
-        print(
-            f"\n{len(issues)} line(s) that break or misbehave on modern PyTorch / numpy "
-            "(not edited):"
-        )
-        for issue in issues:
-            print(
-                f"  {issue.path.name}:{issue.line}: {issue.text}\n"
-                f"      {issue.problem}\n      fix: {issue.fix}"
-            )
-    if f.name == "pdarts":
-        print("\nP-DARTS has no architect: make this edit by hand.\n" + PDARTS_EDIT)
-    print("\nthen run:\n  " + f.run_command.format(dir=plan.directory))
-    from darts_amend.estimators import ESTIMATORS
-
-    print(
-        "options: --amend_eta ETA (0 = first-order DARTS), "
-        f"--amend_estimator {{{','.join(ESTIMATORS)}}}, "
-        "--amend_mode {exact,finite_difference}"
-    )
-    if f.name != "pdarts":
-        print("second-order DARTS through darts-amend: --amend_estimator unrolled --unrolled")
-    return 0
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    """``python -m darts_amend.adapters.patch_repo`` (the same as ``darts-amend patch-repo``)."""
-    parser = argparse.ArgumentParser(prog="darts-amend")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

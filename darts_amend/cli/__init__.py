@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common_run_flags(pt, TrainConfig, TRAIN_PRESETS)
     pp = sub.add_parser("plot", help="re-draw the plots of a run folder")
     pp.add_argument("run_dir", help="a search or train output folder")
-    from darts_amend.adapters import patch_repo
+    from darts_amend.cli import patch_repo
 
     patch_repo.add_parser(sub)
     return parser
@@ -482,6 +482,6 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def _patch_repo(args: argparse.Namespace) -> int:
-    from darts_amend.adapters import patch_repo
+    from darts_amend.cli import patch_repo
 
     return int(patch_repo.run(args))

@@ -1,0 +1,102 @@
+"""``darts-amend patch-repo``: the command-line face of :mod:`darts_amend.adapters.patch_repo`.
+
+The checks and edits live in the library module (functions that return data); this module
+registers the sub-command and prints what they did, as only the CLI writes output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from darts_amend.adapters.patch_repo import (
+    FLAVORS,
+    PDARTS_EDIT,
+    CheckoutError,
+    apply_patch,
+    plan_patch,
+    scan_compat,
+)
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``patch-repo`` on the CLI's sub-parsers; the CLI dispatches to ``run``."""
+    parser = subparsers.add_parser(
+        "patch-repo",
+        help="swap the architect of a DARTS / PC-DARTS / P-DARTS checkout for Amended-DARTS",
+        description="Back up the checkout's architect.py, write darts-amend's drop-in, "
+        "add the --amend_* "
+        "flags to train_search.py (once), and report script lines that break on modern "
+        "PyTorch / numpy.",
+    )
+    parser.add_argument(
+        "path", help="the checkout (repository root; for quark0/darts the cnn/ folder works too)"
+    )
+    parser.add_argument(
+        "--flavor",
+        required=True,
+        choices=sorted(FLAVORS),
+        help="which upstream repository PATH is a checkout of",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the checkout and show what would change, without writing anything",
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``patch-repo``; 0 on success (also when already patched), 2 when PATH is refused."""
+    try:
+        plan = plan_patch(args.path, args.flavor)
+    except (CheckoutError, OSError) as exc:
+        print(f"darts-amend patch-repo: refusing: {exc}", file=sys.stderr)
+        return 2
+    f = plan.flavor
+    if args.dry_run:
+        print(f"dry run: {plan.directory} is a {f.repo} checkout; nothing written.")
+        if plan.architect_action != "keep":
+            print(
+                f"  would {plan.architect_action} {plan.architect}"
+                + (f" (backup {plan.architect_backup.name})" if plan.architect_backup else "")
+            )
+        if plan.flags_action == "insert":
+            print(f"  would add the --amend_* flags to {plan.search_script}")
+        if not plan.changes_anything:
+            print("  already patched")
+    else:
+        done = apply_patch(plan)
+        if done:
+            print(f"patched {plan.directory} ({f.repo}):")
+            for line in done:
+                print(f"  {line}")
+        else:
+            print(f"{plan.directory} is already patched ({f.repo}): nothing to do")
+    issues = scan_compat(plan.directory)
+    if issues:
+        print(
+            f"\n{len(issues)} line(s) that break or misbehave on modern PyTorch / numpy "
+            "(not edited):"
+        )
+        for issue in issues:
+            print(
+                f"  {issue.path.name}:{issue.line}: {issue.text}\n"
+                f"      {issue.problem}\n      fix: {issue.fix}"
+            )
+    if f.name == "pdarts":
+        print("\nP-DARTS has no architect: make this edit by hand.\n" + PDARTS_EDIT)
+    print("\nthen run:\n  " + f.run_command.format(dir=plan.directory))
+    from darts_amend.estimators import ESTIMATORS
+
+    print(
+        "options: --amend_eta ETA (0 = first-order DARTS), "
+        f"--amend_estimator {{{','.join(ESTIMATORS)}}}, "
+        "--amend_mode {exact,finite_difference}"
+    )
+    if f.name != "pdarts":
+        print("second-order DARTS through darts-amend: --amend_estimator unrolled --unrolled")
+    return 0
