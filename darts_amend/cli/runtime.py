@@ -2,12 +2,13 @@
 RNG state capture, metrics lines and data loaders that can restart mid-epoch."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .config import RUN_KEYS, CLIError
@@ -31,6 +34,8 @@ __all__ = [
     "epoch_loader",
     "all_reduce_sums",
     "broadcast_buffers",
+    "EpochSums",
+    "evaluate",
 ]
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "genotype.json", "summary.json")
@@ -288,3 +293,55 @@ def batches_per_epoch(n: int, batch_size: int, d: Dist, drop_last: bool = False)
 def cycle(loader_fn) -> Iterator:
     while True:
         yield from loader_fn()
+
+
+@dataclass
+class EpochSums:
+    """Per-epoch training sums on this rank (reduced over ranks when the epoch ends); saved in
+    checkpoints with ``dataclasses.asdict`` so that a run resumes mid-epoch exactly."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    count: float = 0.0
+    step_time: float = 0.0
+    steps: float = 0.0
+
+    def add_batch(self, loss: Tensor, logits: Tensor, y: Tensor, seconds: float) -> None:
+        self.loss += float(loss.detach()) * len(y)
+        self.correct += float((logits.detach().argmax(1) == y).sum())
+        self.count += len(y)
+        self.steps += 1
+        self.step_time += seconds
+
+    def postfix(self) -> dict[str, str]:
+        """The progress bar's running loss, accuracy and seconds per step."""
+        return {"loss": f"{self.loss / self.count:.3f}", "acc": f"{self.correct / self.count:.3f}",
+                "s_per_step": f"{self.step_time / self.steps:.2f}"}
+
+
+def _topk_correct(logits: Tensor, y: Tensor, k: int) -> float:
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return float((top == y[:, None]).any(dim=1).sum())
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, loader, device: torch.device, d: Dist,
+             autocast: Callable[[], Any] = contextlib.nullcontext) -> tuple[float, float, float]:
+    """(mean loss, top-1, top-5 accuracy) in eval mode over this rank's loader, reduced over
+    ranks; the network's train/eval mode is restored afterwards."""
+    was_training = net.training
+    net.eval()
+    sums = [0.0, 0.0, 0.0, 0.0]
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with autocast():
+            out = net(x)
+        logits = (out[0] if isinstance(out, tuple) else out).float()
+        sums[0] += float(F.cross_entropy(logits, y, reduction="sum"))
+        sums[1] += float((logits.argmax(1) == y).sum())
+        sums[2] += _topk_correct(logits, y, 5)
+        sums[3] += len(y)
+    net.train(was_training)
+    loss, top1, top5, n = all_reduce_sums(sums, d, device)
+    n = max(n, 1.0)
+    return loss / n, top1 / n, top5 / n

@@ -22,12 +22,14 @@ from torch import Tensor, nn
 from .config import SearchConfig
 from .runtime import (
     Dist,
+    EpochSums,
     RunFolder,
     all_reduce_sums,
     atomic_save,
     batches_per_epoch,
     broadcast_buffers,
     epoch_loader,
+    evaluate,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -75,35 +77,12 @@ def _weight_loss(net: nn.Module, out: Tensor | tuple[Tensor, Tensor],
 
 
 @dataclass
-class _Accum:
-    """Per-epoch sums on this rank (reduced over ranks when the epoch ends)."""
+class _Accum(EpochSums):
+    """The epoch's training sums plus the architect's step info."""
 
-    loss: float = 0.0
-    correct: float = 0.0
-    count: float = 0.0
-    step_time: float = 0.0
-    steps: float = 0.0
     arch: dict[str, float] = field(default_factory=lambda: {
         "val_loss": 0.0, "g1_norm": 0.0, "g2_norm": 0.0, "grad_norm": 0.0,
         "cosine": 0.0, "cosine_n": 0.0, "nonfinite": 0.0})
-
-
-@torch.no_grad()
-def evaluate(net: nn.Module, loader, device: torch.device, d: Dist) -> tuple[float, float]:
-    """(mean loss, accuracy) in eval mode over this rank's loader, reduced over ranks."""
-    was_training = net.training
-    net.eval()
-    loss_sum = correct = count = 0.0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        out = net(x)
-        logits = out[0] if isinstance(out, tuple) else out
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += float((logits.argmax(1) == y).sum())
-        count += len(y)
-    net.train(was_training)
-    loss_sum, correct, count = all_reduce_sums([loss_sum, correct, count], d, device)
-    return loss_sum / max(count, 1.0), correct / max(count, 1.0)
 
 
 def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
@@ -240,11 +219,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
             optimizer.step()
             architect.zero_grad(set_to_none=True)
             # accumulators
-            acc.loss += float(loss.detach()) * len(y)
-            acc.correct += float((logits.detach().argmax(1) == y).sum())
-            acc.count += len(y)
-            acc.steps += 1
-            acc.step_time += time.perf_counter() - ts
+            acc.add_batch(loss, logits, y, time.perf_counter() - ts)
             a = acc.arch
             if info.finite:
                 a["val_loss"] += info.val_loss
@@ -259,9 +234,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
             step += 1
             last_batches = ((x, y), (xv, yv))
             bar.update(1)
-            bar.set_postfix(loss=f"{acc.loss / acc.count:.3f}",
-                            acc=f"{acc.correct / acc.count:.3f}",
-                            s_per_step=f"{acc.step_time / acc.steps:.2f}")
+            bar.set_postfix(**acc.postfix())
             _on_step(epoch, step)
             if ctx.stop_requested():
                 bar.close()
@@ -279,7 +252,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
         valid_eval = epoch_loader(ctx.train_set, valid_idx, batch_size=local_bs, epoch=0,
                                   seed=cfg.seed, d=d, workers=ctx.workers, shuffle=False)
         broadcast_buffers(net, d)
-        valid_loss, valid_acc = evaluate(net, valid_eval, device, d)
+        valid_loss, valid_acc, _ = evaluate(net, valid_eval, device, d)
         signals = collapse_signals(net, threshold=cfg.converge_threshold)
         genotype = net.genotype()
         held = bool(signals["collapse/kept_above"]) and prev_genotype == genotype.to_dict()

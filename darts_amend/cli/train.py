@@ -5,24 +5,25 @@ import dataclasses
 import itertools
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from .config import CLIError, TrainConfig, train_family_defaults
 from .runtime import (
     Dist,
+    EpochSums,
     RunFolder,
     all_reduce_sums,
     atomic_save,
     batches_per_epoch,
     broadcast_buffers,
     epoch_loader,
+    evaluate,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -68,43 +69,6 @@ def load_genotype(spec: str):
         raise CLIError(f"genotype file {path} does not parse: {err}") from None
 
 
-def _accuracy(logits: Tensor, y: Tensor, k: int) -> float:
-    k = min(k, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    return float((top == y[:, None]).any(dim=1).sum())
-
-
-@torch.no_grad()
-def evaluate(net: nn.Module, loader, device: torch.device, d: Dist,
-             autocast) -> tuple[float, float, float]:
-    """(mean loss, top-1, top-5 accuracy) over the test set, reduced over ranks."""
-    was = net.training
-    net.eval()
-    s = [0.0, 0.0, 0.0, 0.0]
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        with autocast():
-            out = net(x)
-        logits = (out[0] if isinstance(out, tuple) else out).float()
-        s[0] += float(F.cross_entropy(logits, y, reduction="sum"))
-        s[1] += float((logits.argmax(1) == y).sum())
-        s[2] += _accuracy(logits, y, 5)
-        s[3] += len(y)
-    net.train(was)
-    loss, c1, c5, n = all_reduce_sums(s, d, device)
-    n = max(n, 1.0)
-    return loss / n, c1 / n, c5 / n
-
-
-@dataclass
-class _Accum:
-    loss: float = 0.0
-    correct: float = 0.0
-    count: float = 0.0
-    steps: float = 0.0
-    step_time: float = 0.0
-
-
 def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
     from darts_amend.supernet import NetworkCIFAR, NetworkImageNet, count_parameters
 
@@ -147,17 +111,17 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
 
         model = DDP(net, device_ids=[device] if device.type == "cuda" else None)
 
-    start_epoch, start_step, acc = 0, 0, _Accum()
+    start_epoch, start_step, acc = 0, 0, EpochSums()
     if ctx.checkpoint is not None:
         ck = ctx.checkpoint
         net.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
-        start_epoch, start_step, acc = ck["epoch"], ck["step"], _Accum(**ck["accum"])
+        start_epoch, start_step, acc = ck["epoch"], ck["step"], EpochSums(**ck["accum"])
         set_rng_state(ck["rng"])
 
-    def checkpoint(epoch_: int, step_: int, accum: _Accum) -> None:
+    def checkpoint(epoch_: int, step_: int, accum: EpochSums) -> None:
         if d.is_main:
             atomic_save({"epoch": epoch_, "step": step_, "accum": dataclasses.asdict(accum),
                          "model": net.state_dict(), "optimizer": optimizer.state_dict(),
@@ -202,16 +166,10 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
                 nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            acc.loss += float(loss.detach()) * len(y)
-            acc.correct += float((logits.detach().argmax(1) == y).sum())
-            acc.count += len(y)
-            acc.steps += 1
-            acc.step_time += time.perf_counter() - ts
+            acc.add_batch(loss, logits, y, time.perf_counter() - ts)
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{acc.loss / acc.count:.3f}",
-                            acc=f"{acc.correct / acc.count:.3f}",
-                            s_per_step=f"{acc.step_time / acc.steps:.2f}")
+            bar.set_postfix(**acc.postfix())
             _on_step(epoch, step)
             if ctx.stop_requested():
                 bar.close()
@@ -232,7 +190,7 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
                   "epoch_seconds": time.perf_counter() - t0}
         last = record
         epoch += 1
-        start_step, acc = 0, _Accum()
+        start_step, acc = 0, EpochSums()
         scheduler.step()
         folder.append_metrics(record)
         checkpoint(epoch, 0, acc)
