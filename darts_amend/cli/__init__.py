@@ -217,13 +217,6 @@ def _validate_common(cfg: Any, world: int) -> None:
         raise CLIError(f"invalid --cutout_length {cfg.cutout_length}")
 
 
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    import torch
-
-    # our own file, written by this program: it holds RNG states (numpy / python objects)
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
 def _config(args: argparse.Namespace, cls: type, presets: dict) -> Any:
     """The validated config (a resumed run starts from its stored one); writes nothing."""
     from .runtime import RunFolder
@@ -325,9 +318,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         folder = _open_folder(args, cfg, d)
         ckpt = None
-        if args.resume:
-            ckpt = _load_checkpoint(folder / "checkpoint.pt")
-            folder.truncate_metrics(ckpt["epoch"])
+        if args.resume:  # reads only: the folder changes once the run saves a checkpoint
+            ckpt = folder.checkpoints.load()
+            folder.resume_metrics(ckpt["epoch"])
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         return _execute(args, cfg, folder, genotype, train_set, test_set, info, split, d, device,

@@ -7,7 +7,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from .checkpoint import CURRENT, PREVIOUS, Checkpoints, write_atomic
 from .config import RUN_KEYS, CLIError
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "setup_distributed",
     "pick_device",
     "RunFolder",
-    "atomic_save",
     "rng_state",
     "set_rng_state",
     "seed_everything",
@@ -38,7 +37,7 @@ __all__ = [
     "evaluate",
 ]
 
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "genotype.json", "summary.json")
+RUN_FILES = ("config.json", "metrics.jsonl", CURRENT, PREVIOUS, "genotype.json", "summary.json")
 
 
 @dataclass(frozen=True)
@@ -116,6 +115,8 @@ class RunFolder:
     def __init__(self, path: str | Path, writer: bool = True) -> None:
         self.path = Path(path)
         self.writer = writer
+        self.checkpoints = Checkpoints(self.path, writer=writer)
+        self._keep_epochs: int | None = None  # metrics truncation owed by a resumed run
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -149,9 +150,9 @@ class RunFolder:
 
     def check_resumable(self, command: str, config: dict[str, Any]) -> dict[str, Any]:
         stored = self.stored_config()
-        if stored is None or not (self.path / "checkpoint.pt").is_file():
+        if stored is None or not self.checkpoints.exists():
             raise CLIError(f"nothing to resume in {self.path}: it has no config.json and "
-                           f"checkpoint.pt of an earlier run")
+                           f"{CURRENT} of an earlier run")
         if stored.get("command") != command:
             raise CLIError(f"{self.path} holds a {stored.get('command')} run, not a {command} run")
         old = stored.get("config", {})
@@ -166,7 +167,11 @@ class RunFolder:
     def start(self, command: str, config: dict[str, Any], *, force: bool) -> None:
         if not self.writer:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CLIError(f"cannot create the output folder {self.path}: "
+                           f"{err.strerror or err}") from None
         if force:
             for name in RUN_FILES:
                 (self.path / name).unlink(missing_ok=True)
@@ -177,24 +182,39 @@ class RunFolder:
         write_json_atomic(self.path / "config.json", {"command": command, "config": config})
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        if self.writer:
-            with open(self.path / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(record, default=_json_default) + "\n")
-
-    def truncate_metrics(self, epochs_done: int) -> None:
-        """Drop lines of epochs the checkpoint does not cover (a crash between the two writes)."""
-        p = self.path / "metrics.jsonl"
-        if not self.writer or not p.is_file():
+        if not self.writer:
             return
-        lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) < epochs_done]
-        p.write_text("".join(ln + "\n" for ln in kept))
+        p = self.path / "metrics.jsonl"
+        line = json.dumps(record, default=_json_default) + "\n"
+        try:
+            if self._keep_epochs is not None:  # first record of a resumed run
+                kept = "".join(ln + "\n" for ln in self._metric_lines()
+                               if json.loads(ln).get("epoch", 0) < self._keep_epochs)
+                write_atomic(p, lambda fh: fh.write((kept + line).encode()))
+                self._keep_epochs = None
+                return
+            with open(p, "a") as fh:
+                fh.write(line)
+        except OSError as err:
+            raise CLIError(f"could not write {p}: {err.strerror or err}") from None
 
-    def read_metrics(self) -> list[dict[str, Any]]:
+    def resume_metrics(self, epochs_done: int) -> None:
+        """A resumed run drops the lines of epochs its checkpoint does not cover (a crash
+        between the two writes, or a fallback to the previous checkpoint); the file is
+        rewritten only with the run's first new record, never before."""
+        self._keep_epochs = epochs_done
+
+    def _metric_lines(self) -> list[str]:
         p = self.path / "metrics.jsonl"
         if not p.is_file():
             return []
-        return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+        return [ln for ln in p.read_text().splitlines() if ln.strip()]
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        rows = [json.loads(ln) for ln in self._metric_lines()]
+        if self._keep_epochs is not None:
+            rows = [r for r in rows if r.get("epoch", 0) < self._keep_epochs]
+        return rows
 
 
 def _json_default(obj: Any) -> Any:
@@ -209,26 +229,7 @@ def _json_default(obj: Any) -> Any:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     text = json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n"
-    _atomic_write(path, lambda fh: fh.write(text.encode()))
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    _atomic_write(path, lambda fh: torch.save(obj, fh))
-
-
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda fh: fh.write(text.encode()))
 
 
 # --------------------------------------------------------------------------- RNG
@@ -241,7 +242,12 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    """Python, numpy, torch (and CUDA) generator states, as tensors and plain data only, so
+    that a checkpoint loads with ``torch.load(weights_only=True)``."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -250,7 +256,9 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -25,7 +25,6 @@ from .runtime import (
     EpochSums,
     RunFolder,
     all_reduce_sums,
-    atomic_save,
     batches_per_epoch,
     broadcast_buffers,
     epoch_loader,
@@ -169,15 +168,17 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
     def checkpoint(epoch_: int, step_: int, accum: _Accum, batches: Any = None) -> None:
         if not d.is_main:
             return
-        atomic_save({
+        folder.checkpoints.save({
             "epoch": epoch_, "step": step_, "accum": dataclasses.asdict(accum),
             "alpha_steps": alpha_steps, "prev_genotype": prev_genotype,
             "converged_run": converged_run, "model": net.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "architect": architect.state_dict(), "rng": rng_state(),
             "last_batches": batches,
-        }, folder / "checkpoint.pt")
+        })
 
+    if ctx.checkpoint is None:  # a run killed before its first epoch ends can resume too
+        checkpoint(0, 0, acc)
     while epoch < cfg.epochs and not stopped_early:
         t0 = time.perf_counter()
         net.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs

@@ -19,7 +19,6 @@ from .runtime import (
     EpochSums,
     RunFolder,
     all_reduce_sums,
-    atomic_save,
     batches_per_epoch,
     broadcast_buffers,
     epoch_loader,
@@ -123,10 +122,11 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
 
     def checkpoint(epoch_: int, step_: int, accum: EpochSums) -> None:
         if d.is_main:
-            atomic_save({"epoch": epoch_, "step": step_, "accum": dataclasses.asdict(accum),
-                         "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                         "rng": rng_state()}, folder / "checkpoint.pt")
+            folder.checkpoints.save({
+                "epoch": epoch_, "step": step_, "accum": dataclasses.asdict(accum),
+                "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "rng": rng_state()})
 
     local_bs = cfg.batch_size // d.world_size
     train_idx = list(range(len(ctx.train_set)))
@@ -135,6 +135,8 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
     epoch = start_epoch
     run_start = time.perf_counter()
     stop_reason = "epochs"
+    if ctx.checkpoint is None:  # a run killed before its first epoch ends can resume too
+        checkpoint(0, 0, acc)
     while epoch < cfg.epochs:
         t0 = time.perf_counter()
         net.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
