@@ -36,6 +36,18 @@ logger = logging.getLogger("darts_amend.cli")
 # --------------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error: ``darts-amend: error: ... (see '... --help')``."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"darts-amend: error: {message} (see '{self.prog} --help')\n")
+
+
+def _debug_flag(p: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
+    p.add_argument("--debug", action="store_true", default=default,
+                   help="show the full traceback of an error, and debug logging")
+
+
 def _common_run_flags(p: argparse.ArgumentParser, cls: type, presets: dict) -> None:
     p.add_argument("--output", "-o", default=None,
                    help="output folder (default: runs/<command>-<dataset>-<time>)")
@@ -47,14 +59,20 @@ def _common_run_flags(p: argparse.ArgumentParser, cls: type, presets: dict) -> N
     p.add_argument("--force", action="store_true",
                    help="overwrite the run files in a non-empty --output")
     p.add_argument("--quiet", "-q", action="store_true", help="only warnings and the summary")
+    p.add_argument("--dist_timeout", "--dist-timeout", type=float, default=600.0,
+                   metavar="SECONDS",
+                   help="torchrun: give up on a collective (a rank that died or hangs) after "
+                        "this many seconds [600]")
+    _debug_flag(p)
     add_config_flags(p, cls)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="darts-amend",
         description="Amended-DARTS: architecture search with amended hypergradients, "
                     "re-training, plots, and patching upstream DARTS checkouts.")
+    _debug_flag(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     ps = sub.add_parser("search", help="search a cell architecture (default: digits, CPU-sized)",
@@ -65,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common_run_flags(pt, TrainConfig, TRAIN_PRESETS)
     pp = sub.add_parser("plot", help="re-draw the plots of a run folder")
     pp.add_argument("run_dir", help="a search or train output folder")
+    _debug_flag(pp)
     from darts_amend.cli import patch_repo
 
-    patch_repo.add_parser(sub)
+    _debug_flag(patch_repo.add_parser(sub))
     return parser
 
 
@@ -140,6 +159,7 @@ class RunContext:
     echo: Any
     interrupt: _GracefulInterrupt
     interrupted: tuple[int, int] | None = None
+    estimate_time: bool = False  # print the estimated epoch time after the first step
 
     def stop_requested(self) -> bool:
         flag = self.interrupt.requested
@@ -193,6 +213,36 @@ def _validate_search(cfg: SearchConfig, world: int) -> None:
     if cfg.estimator != "amended" and cfg.eta != SearchConfig.eta:
         raise CLIError(f"--eta applies to --estimator amended only (got --estimator "
                        f"{cfg.estimator})")
+    from darts_amend.estimators import validate_options
+
+    from .search import OPTION_FLAGS, estimator_options
+
+    try:
+        validate_options(cfg.estimator, estimator_options(cfg))
+    except (TypeError, ValueError) as err:
+        msg = str(err)
+        for key, flag in OPTION_FLAGS.items():  # name the flag, not the library's keyword
+            msg = msg.replace(f"invalid {key}:", f"invalid {flag}")
+        raise CLIError(msg) from None
+
+
+# flags that size a search: without any of them (nor a preset or config) on a CPU, say so
+SIZE_FLAGS = ("epochs", "layers", "init_channels", "batch_size", "steps_per_epoch",
+              "time_limit", "subset", "fake_size", "until_converged")
+
+
+def _warn_unsized(args: argparse.Namespace, cfg: Any, device: Any) -> bool:
+    """True (after a warning on stderr) for a paper-size search about to start on a CPU."""
+    if (args.command != "search" or device.type != "cpu" or args.preset or args.config
+            or args.resume or any(k in vars(args) for k in SIZE_FLAGS)):
+        return False
+    print(f"darts-amend: warning: no --preset and no size flags on a CPU: this is the "
+          f"paper-size search ({cfg.epochs} epochs, "
+          f"{cfg.layers or (20 if cfg.space == 's2' else 8)} cells, "
+          f"C={cfg.init_channels}, batch {cfg.batch_size}), hours on a small machine; "
+          f"'--preset tiny' runs in minutes. The time per epoch follows the first step.",
+          file=sys.stderr)
+    return True
 
 
 def _validate_common(cfg: Any, world: int) -> None:
@@ -313,7 +363,9 @@ def _run(args: argparse.Namespace) -> int:
             raise CLIError(f"the genotype fixes {genotype.num_cells} cells (one genotype per "
                            f"cell), but --layers {cfg.layers}")
     train_set, test_set, info, split = _data(cfg, command, cfg.seed)
-    d, device = setup_distributed(cfg.device)
+    if not args.dist_timeout > 0:
+        raise CLIError(f"invalid --dist_timeout {args.dist_timeout} (must be > 0 seconds)")
+    d, device = setup_distributed(cfg.device, timeout=args.dist_timeout)
     threads = torch.get_num_threads()
     try:
         folder = _open_folder(args, cfg, d)
@@ -323,8 +375,17 @@ def _run(args: argparse.Namespace) -> int:
             folder.resume_metrics(ckpt["epoch"])
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
-        return _execute(args, cfg, folder, genotype, train_set, test_set, info, split, d, device,
-                        ckpt)
+        args._estimate_time = d.is_main and _warn_unsized(args, cfg, device)
+        try:
+            return _execute(args, cfg, folder, genotype, train_set, test_set, info, split, d,
+                            device, ckpt)
+        except RuntimeError as err:
+            if not (d.enabled and _lost_peer(err)) or getattr(args, "debug", False):
+                raise
+            raise CLIError(
+                f"rank {d.rank}: lost contact with the other torchrun processes "
+                f"({str(err).strip().splitlines()[0][:160]}); the last checkpoint is in "
+                f"{folder.path}: continue with --resume") from None
     finally:
         torch.set_num_threads(threads)
         if d.owns_group:
@@ -344,7 +405,8 @@ def _execute(args, cfg, folder, genotype, train_set, test_set, info, split, d, d
         ctx = RunContext(dist=d, device=device, folder=folder, info=info, train_set=train_set,
                          test_set=test_set, split=split, workers=workers, checkpoint=ckpt,
                          progress=_Progress(cfg.progress and d.is_main and not args.quiet),
-                         echo=echo, interrupt=interrupt)
+                         echo=echo, interrupt=interrupt,
+                         estimate_time=getattr(args, "_estimate_time", False))
         if d.is_main:
             echo(f"darts-amend {command}: {cfg.dataset} on {device}"
                  f"{f' x{d.world_size} processes' if d.enabled else ''} -> {folder.path}")
@@ -372,6 +434,16 @@ def _execute(args, cfg, folder, genotype, train_set, test_set, info, split, d, d
 
         dist.barrier()
     return 0
+
+
+def _lost_peer(err: RuntimeError) -> bool:
+    """A collective failed because another rank died, hung past --dist_timeout or closed."""
+    import torch.distributed as dist
+
+    text = str(err).lower()
+    return isinstance(err, dist.DistError) or any(
+        k in text for k in ("closed by peer", "connection reset", "gloo", "nccl", "timed out",
+                            "timeout", "broken pipe"))
 
 
 def _cpus() -> int:
@@ -460,9 +532,11 @@ def _main(argv: Sequence[str] | None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
     quiet = getattr(args, "quiet", False)
+    debug = getattr(args, "debug", False)
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                            format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO,
+            format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command in ("search", "train"):
             return _run(args)
@@ -470,8 +544,22 @@ def _main(argv: Sequence[str] | None) -> int:
             return _plot(args)
         return _patch_repo(args)
     except CLIError as err:
-        print(f"darts-amend: error: {err}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"darts-amend: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, BrokenPipeError):
+        raise
+    except Exception as err:  # a failure we did not foresee: one line, the traceback on demand
+        if debug:
+            raise
+        print(f"darts-amend: error: {type(err).__name__}: {_one_line(str(err))} (an internal "
+              f"failure; rerun with --debug for the traceback and report it)", file=sys.stderr)
+        return 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _patch_repo(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,10 +244,11 @@ def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
         raise CLIError(f"{source}: unknown setting {key!r} (valid: {', '.join(sorted(fields))})")
     f = fields[key]
     base, optional = _base_type(f.type)
+    name = f"--{key}" if source == "flags" else f"{source}: {key}"
     if value is None:
         if optional:
             return key, None
-        raise CLIError(f"{source}: {key} may not be null")
+        raise CLIError(f"{name} may not be null")
     try:
         if base == "bool":
             if not isinstance(value, bool):
@@ -256,6 +258,8 @@ def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
             if isinstance(value, bool):
                 raise TypeError
             out = float(value)
+            if not math.isfinite(out):
+                raise CLIError(f"{name} must be a finite number, got {value!r}")
         elif base == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise TypeError
@@ -263,10 +267,10 @@ def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
         else:
             out = str(value)
     except (TypeError, ValueError):
-        raise CLIError(f"{source}: {key} must be {base}, got {value!r}") from None
+        raise CLIError(f"{name} must be {base}, got {value!r}") from None
     choices = f.metadata.get("choices")
     if choices and out not in choices:
-        raise CLIError(f"{source}: invalid {key} {out!r}; choose one of {', '.join(choices)}")
+        raise CLIError(f"{name}: invalid value {out!r}; choose one of {', '.join(choices)}")
     return key, out
 
 
@@ -302,9 +306,10 @@ def build_config(cls: type, args: argparse.Namespace, presets: dict[str, dict[st
         given.update(_load_yaml(args.config, cls))
     names = {f.name for f in dataclasses.fields(cls)}
     given.update({k: v for k, v in vars(args).items() if k in names})
-    values = dict(base) if base is not None else {}
+    values = dict(config_from_dict(cls, base, "the stored config.json").__dict__) \
+        if base is not None else {}
     values.update(given)
-    return config_from_dict(cls, values, "settings"), given
+    return config_from_dict(cls, values, "flags"), given
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

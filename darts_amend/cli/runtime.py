@@ -56,8 +56,12 @@ class Dist:
         return self.rank == 0
 
 
-def setup_distributed(device_flag: str) -> tuple[Dist, torch.device]:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (gloo on CPU, nccl on CUDA)."""
+def setup_distributed(device_flag: str,
+                      timeout: float = 600.0) -> tuple[Dist, torch.device]:
+    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (gloo on CPU, nccl on CUDA).
+
+    ``timeout`` (seconds) bounds every collective: a rank whose peer died or hangs raises
+    instead of waiting forever."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist(), pick_device(device_flag, 0)
@@ -68,7 +72,10 @@ def setup_distributed(device_flag: str) -> tuple[Dist, torch.device]:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        import datetime
+
+        dist.init_process_group(backend=backend,
+                                timeout=datetime.timedelta(seconds=timeout))
     return Dist(rank, world, local, owns), device
 
 

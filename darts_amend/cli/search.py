@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,12 @@ logger = logging.getLogger(__name__)
 
 def _on_step(epoch: int, step: int) -> None:
     """Called after every search step; tests replace it to simulate Ctrl-C at a given step."""
+
+
+# the flag behind each keyword of estimator_options(cfg), for error messages
+OPTION_FLAGS = {"eta": "--eta", "r": "--fd_r", "mode": "--hvp_mode",
+                "iterations": "--cg_iterations", "damping": "--cg_damping",
+                "terms": "--neumann_terms", "gamma": "--neumann_gamma"}
 
 
 def estimator_options(cfg: SearchConfig) -> dict[str, Any]:
@@ -233,6 +240,12 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
             else:
                 a["nonfinite"] += 1
             step += 1
+            if ctx.estimate_time and step == start_step + 1 and epoch == start_epoch:
+                sec = time.perf_counter() - ts
+                print(f"darts-amend: first step {sec:.1f} s: about {sec * n_steps / 60:.0f} min "
+                      f"per epoch ({n_steps} steps), {sec * n_steps * cfg.epochs / 3600:.1f} h "
+                      f"for {cfg.epochs} epochs (Ctrl-C stops with a checkpoint)",
+                      file=sys.stderr, flush=True)
             last_batches = ((x, y), (xv, yv))
             bar.update(1)
             bar.set_postfix(**acc.postfix())
