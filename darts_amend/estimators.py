@@ -118,8 +118,9 @@ def write_grads_(
 def _prepare(model: nn.Module, train_batch: Any, valid_batch: Any, loss_fn: LossFn | None):
     alphas, weights = split_parameters(model)
     device = alphas[0].device
-    check_batch(train_batch, "train_batch", device)
-    check_batch(valid_batch, "valid_batch", device)
+    dtype = weights[0].dtype if weights else alphas[0].dtype
+    check_batch(train_batch, "train_batch", device, dtype)
+    check_batch(valid_batch, "valid_batch", device, dtype)
     return unwrap_model(model), alphas, weights, resolve_loss(loss_fn)
 
 

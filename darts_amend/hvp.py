@@ -155,8 +155,12 @@ def _tensors(obj: Any) -> Iterator[Tensor]:
             yield from _tensors(item)
 
 
-def check_batch(batch: Any, name: str, device: torch.device | None = None) -> Batch:
-    """Validate an ``(inputs, targets)`` pair and, if given, that its tensors live on ``device``."""
+def check_batch(
+    batch: Any, name: str, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> Batch:
+    """Validate an ``(inputs, targets)`` pair: its tensors live on ``device``, floating-point
+    inputs have the model's floating ``dtype``, and tensor inputs and targets agree on the
+    (non-zero) batch size. Raises TypeError / ValueError naming the problem."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise TypeError(
             f"{name} must be an (inputs, targets) pair, got {type(batch).__name__}"
@@ -170,6 +174,22 @@ def check_batch(batch: Any, name: str, device: torch.device | None = None) -> Ba
                         f"{name} {part} are on {t.device} but the model's arch_parameters() are on "
                         f"{device}; move the batch to the model's device"
                     )
+    inputs, targets = batch
+    if dtype is not None and dtype.is_floating_point:
+        for t in _tensors(inputs):
+            if t.is_floating_point() and t.dtype != dtype:
+                raise ValueError(
+                    f"{name} inputs are {t.dtype} but the model's parameters are {dtype}; "
+                    f"convert the batch (inputs.to({dtype})) or the model"
+                )
+    if isinstance(inputs, Tensor) and isinstance(targets, Tensor) and inputs.dim() > 0:
+        n = inputs.shape[0]
+        if n == 0:
+            raise ValueError(f"{name} is empty (0 samples)")
+        if targets.dim() > 0 and targets.shape[0] != n:
+            raise ValueError(
+                f"{name} has {n} inputs but {targets.shape[0]} targets (first dimensions differ)"
+            )
     return batch[0], batch[1]
 
 
