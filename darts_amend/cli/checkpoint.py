@@ -16,6 +16,7 @@ import logging
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -122,12 +123,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
+        # the weights-only unpickler names the global it refused; anything else is damage
+        if "unsupported global" in str(err).lower() and zipfile.is_zipfile(path):
             raise CheckpointError(
                 f"{path} holds objects other than tensors and plain data (pickled code, or a "
                 f"checkpoint of darts-amend before checkpoint format {FORMAT}); refused, since "
                 f"loading it could run arbitrary code") from None
-        raise CheckpointError(f"{path} is damaged ({_first_line(err)})") from None
+        raise CheckpointError(f"{path} is damaged (not a readable torch checkpoint)") from None
     except Exception as err:  # truncated zip, bad magic number, EOF, ...
         raise CheckpointError(f"{path} is damaged ({type(err).__name__}: "
                               f"{_first_line(err)})") from None
@@ -221,3 +223,5 @@ class Checkpoints:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
         self._current_good = True
+        for stale in self.folder.glob(f".{CURRENT}.*.tmp"):  # left by a run killed mid-write
+            stale.unlink(missing_ok=True)
