@@ -1,0 +1,161 @@
+"""Bad input, one row each: the command line (flags, YAML files, genotype files, data folders)
+and the library API (batches of the wrong kind). Every CLI row must end with one line on stderr,
+``darts-amend: error: ...``, exit code 2 and nothing written; every API row with the exception
+and message in the table. docs/errors.md lists the same rows: a test keeps the two in step.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from darts_amend import AmendedArchitect
+from darts_amend.cli import main
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+
+
+def _files(tmp: Path) -> dict[str, str]:
+    """Bad files the rows refer to as {name}."""
+    (tmp / "empty_folder" / "train").mkdir(parents=True)
+    files = {
+        "unknown_key.yaml": "init_chanels: 8\n",
+        "wrong_type.yaml": "layers: many\n",
+        "list.yaml": "- 1\n- 2\n",
+        "broken.yaml": "a: [1,\n",
+        "nan.yaml": "eta: .nan\n",
+        "bad_op.json": '{"normal": [["warp_drive", 0]]}',
+        "bad_json.json": "{bad json",
+    }
+    for name, text in files.items():
+        (tmp / name).write_text(text)
+    return {n.split(".")[0]: str(tmp / n) for n in files} | {"empty_folder": str(tmp / "empty_folder")}
+
+
+# (command line with {file} placeholders, what stderr must contain)
+CLI_ROWS = [
+    ("search --dataset mnist", "argument --dataset: invalid choice: 'mnist'"),
+    ("search --space s9", "argument --space: invalid choice: 's9'"),
+    ("search --estimator second_order", "invalid choice: 'second_order'"),
+    ("search --batch_size abc", "invalid int value: 'abc'"),
+    ("search --unknown_flag", "unrecognized arguments: --unknown_flag"),
+    ("search --preset huge", "unknown preset 'huge'; choose one of paper-s1"),
+    ("search --preset tiny --eta nan", "--eta must be a finite number, got nan"),
+    ("search --preset tiny --learning_rate inf", "--learning_rate must be a finite number"),
+    ("search --preset tiny --eta -1", "invalid --eta -1.0 (must be >= 0)"),
+    ("search --estimator first_order --eta 0.5", "--eta applies to --estimator amended only"),
+    ("search --hvp_mode finite_difference --fd_r 0", "invalid --fd_r 0.0"),
+    ("search --estimator implicit_cg --cg_iterations 0",
+     "invalid --cg_iterations 0 (must be an integer >= 1)"),
+    ("search --batch_size 0", "invalid --batch_size 0 (must be >= 1)"),
+    ("search --train_portion 1.5", "invalid --train_portion 1.5 (must be in (0, 1))"),
+    ("search --partial_channels 3", "--partial_channels 3 must divide --init_channels 16"),
+    ("search --early_stop", "only measured with --diag_every"),
+    ("search --threads 0", "invalid --threads 0"),
+    ("search --preset tiny --dist_timeout 0", "invalid --dist_timeout 0.0 (must be > 0 seconds)"),
+    ("search --resume --force", "--resume and --force exclude each other"),
+    ("search --resume", "nothing to resume in"),
+    ("search --config {unknown_key}", "unknown setting 'init_chanels'"),
+    ("search --config {wrong_type}", "layers must be int, got 'many'"),
+    ("search --config {list}", "must hold a mapping of settings, got list"),
+    ("search --config {broken}", "is not valid YAML"),
+    ("search --config {nan}", "eta must be a finite number, got nan"),
+    ("search --config NOWHERE.yaml", "config file not found: NOWHERE.yaml"),
+    ("train --genotype NOT_A_GENOTYPE", "neither a file"),
+    ("train --genotype {bad_op}", "does not parse"),
+    ("train --genotype {bad_json}", "does not parse: genotype: invalid JSON"),
+    ("search --dataset cifar10 --data NOWHERE", "pass --download"),
+    ("search --dataset folder --data {empty_folder}", "no class folders in"),
+    ("train --dataset imagenet --data NOWHERE", "image-net.org"),
+    ("plot NOWHERE", "NOWHERE is not a run folder (no metrics.jsonl)"),
+    ("patch-repo NOWHERE", "the following arguments are required: --flavor"),
+]
+if not torch.cuda.is_available():
+    CLI_ROWS.append(("search --device cuda", "device 'cuda' requested but CUDA is not available"))
+
+
+@pytest.mark.parametrize("command, expected", CLI_ROWS, ids=[r[0] for r in CLI_ROWS])
+def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch, command,
+                                                       expected):
+    monkeypatch.chdir(tmp_path)
+    argv = command.format(**_files(tmp_path)).split()
+    out = tmp_path / "out"
+    if argv[0] in ("search", "train"):
+        argv += ["--output", str(out)]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    rc = main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("darts-amend: error: "), err
+    assert expected in lines[0], err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from darts_amend.cli.config import CLIError
+
+    with pytest.raises(CLIError, match="finite number"):
+        main(["search", "--preset", "tiny", "--eta", "nan", "--debug", "--output",
+              str(tmp_path / "o")])
+
+
+# --------------------------------------------------------------------------- library API
+
+
+def _net():
+    from darts_amend.supernet import build_search_network
+
+    torch.manual_seed(0)
+    return build_search_network("s1", C=4, num_classes=10, layers=2, in_channels=3)
+
+
+def _batch(n=4, dtype=torch.float32, device="cpu", m=None):
+    return (torch.randn(n, 3, 8, 8, dtype=dtype, device=device),
+            torch.randint(0, 10, (n if m is None else m,), device=device))
+
+
+API_ROWS = [
+    ("step(train_batch=a tensor)", lambda a: a.step(torch.zeros(4), _batch()), TypeError,
+     "train_batch must be an (inputs, targets) pair, got Tensor"),
+    ("step(train_batch=a 3-tuple)", lambda a: a.step((1, 2, 3), _batch()), TypeError,
+     "train_batch must be an (inputs, targets) pair, got tuple of length 3"),
+    ("step(valid_batch on another device)", lambda a: a.step(_batch(), _batch(device="meta")),
+     ValueError, "valid_batch inputs are on meta but the model's arch_parameters() are on cpu"),
+    ("step(float64 inputs, float32 model)", lambda a: a.step(_batch(dtype=torch.float64),
+                                                             _batch()),
+     ValueError, "train_batch inputs are torch.float64 but the model's parameters are "
+                 "torch.float32"),
+    ("step(4 inputs, 3 targets)", lambda a: a.step(_batch(), _batch(m=3)), ValueError,
+     "valid_batch has 4 inputs but 3 targets"),
+    ("step(an empty batch)", lambda a: a.step(_batch(n=0), _batch()), ValueError,
+     "train_batch is empty (0 samples)"),
+    ("AmendedArchitect(estimator='nope')", lambda a: AmendedArchitect(a.model, estimator="nope"),
+     ValueError, "unknown estimator 'nope'; valid names: first_order"),
+    ("AmendedArchitect(eta=-1.0)", lambda a: AmendedArchitect(a.model, eta=-1.0), ValueError,
+     "invalid eta: -1.0 (must be a finite number >= 0.0)"),
+    ("AmendedArchitect(lr=nan)", lambda a: AmendedArchitect(a.model, lr=float("nan")),
+     ValueError, "invalid lr: nan"),
+]
+
+
+@pytest.mark.parametrize("label, call, exc, expected", API_ROWS, ids=[r[0] for r in API_ROWS])
+def test_api_bad_input_names_the_problem_and_changes_nothing(label, call, exc, expected):
+    architect = AmendedArchitect(_net(), estimator="first_order")
+    alphas = [a.detach().clone() for a in architect.alphas]
+    with pytest.raises(exc) as info:
+        call(architect)
+    assert expected in str(info.value)
+    assert all(torch.equal(a, b) for a, b in zip(alphas, architect.alphas, strict=True))
+
+
+def test_docs_list_every_row():
+    """docs/errors.md shows each row's input and message (the table is >= 20 rows)."""
+    text = DOCS.read_text()
+    rows = [(c, m) for c, m in CLI_ROWS] + [(label, m) for label, _, _, m in API_ROWS]
+    assert len(rows) >= 20
+    flat = re.sub(r"\s+", " ", text.replace("`", "").replace("\\|", "|"))
+    missing = [r for r in rows if r[0] not in flat or r[1] not in flat]
+    assert not missing, missing
