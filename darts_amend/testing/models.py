@@ -168,7 +168,9 @@ class MixedMLP(nn.Module):
         return self._alphas
 
     def forward(self, x: Tensor) -> Tensor:
-        mix = F.softmax(self._alphas[0], dim=0)
+        # the attribute when registered, so torch.func.functional_call can substitute it
+        alpha = self.alpha if isinstance(getattr(self, "alpha", None), Tensor) else self._alphas[0]
+        mix = F.softmax(alpha, dim=0)
         h = sum(
             mix[k] * _ACTIVATIONS[name](op(x))
             for k, (name, op) in enumerate(zip(self.activations, self.ops, strict=True))
