@@ -118,6 +118,7 @@ def test_softmax_mixture_is_at_an_optimum_and_matches_true_response() -> None:
     assert float(d.grad_weights.norm()) <= 1e-12  # w* by Newton
     assert float(torch.linalg.eigvalsh(d.weight_weight).min()) > 0  # a strict minimum
     g = p.exact.grads[0]
+    assert float(g.abs().min()) > 1e-2  # not the trivial optimum w = 0
     fd = _fd_response(p)
     assert float((fd - g).norm() / g.norm()) < 1e-6
     # the second term matters: first-order DARTS alone is far off
@@ -431,3 +432,18 @@ def test_entry_point_loads_the_plugin_without_clashing_with_dash_p(tmp_path) -> 
     run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "1 passed" in run.stdout
+
+
+def test_check_estimator_example_runs(monkeypatch, capsys) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_estimator", ROOT / "examples" /
+                                                  "check_estimator.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["check_estimator.py"])
+    assert module.main() == 0
+    out = capsys.readouterr().out
+    assert out.count("PASS  ") == len(NAMES) and "FAIL" not in out
+    assert "problem 'ridge'" in out and "cos(estimated, exact) = -1.000000" in out

@@ -163,7 +163,7 @@ def softmax_mixture(
     classes: int = 3,
     n_train: int = 32,
     n_valid: int = 24,
-    weight_decay: float = 0.05,
+    weight_decay: float = 0.1,
     dtype: torch.dtype = torch.float64,
     device: Device = None,
 ) -> BilevelProblem:
@@ -171,6 +171,8 @@ def softmax_mixture(
     cross-entropy plus weight decay, with ``w*`` found by Newton (``||grad_w L_train|| <= 1e-12``)
     and the exact hypergradient from the dense Hessian (:func:`exact_hypergradient`).
 
+    With the defaults H is well conditioned (eigenvalues 0.008..0.49) and the optimum is not the
+    trivial w = 0 (much larger weight decay collapses it there, and the hypergradient to ~0).
     The global random state is not touched (the model is drawn under a forked RNG).
     """
     with torch.random.fork_rng(devices=[]):
