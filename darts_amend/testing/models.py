@@ -13,7 +13,7 @@ two different functions L_train and L_val.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 __all__ = ["DartsToy", "MixedMLP", "QuadraticBilevel", "RidgeRegression"]
 
-_ACTIVATIONS = {
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "tanh": torch.tanh, "gelu": F.gelu, "sigmoid": torch.sigmoid, "softplus": F.softplus
 }
 
@@ -153,6 +153,7 @@ class MixedMLP(nn.Module):
         self.activations = tuple(names)
         self.weight_decay = float(weight_decay)
         alpha = 0.3 * torch.randn(ops, dtype=dtype).to(device)
+        self._alphas: list[Tensor]
         if register_alphas:
             self.alpha = nn.Parameter(alpha)
             self._alphas = [self.alpha]

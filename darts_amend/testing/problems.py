@@ -69,6 +69,11 @@ class BilevelProblem:
         return list(self.model.arch_parameters())  # type: ignore[operator]
 
 
+def _maker(dtype: torch.dtype, device: Device) -> Callable[[Any], Tensor]:
+    """``t(values)``: a tensor of the problem's dtype and device."""
+    return lambda values: torch.tensor(values, dtype=dtype, device=device)
+
+
 def _hypergradient(
     g1: Tensor, g2: Tensor, val_loss: Tensor, train_loss: Tensor
 ) -> Hypergradient:
@@ -92,11 +97,11 @@ def darts_1d(
     (gamma = 1/2) are exact here too; first-order DARTS is off by alpha.
     """
     model = DartsToy(alpha, w=alpha, dtype=dtype, device=device)  # w* = alpha
-    coef = {"dtype": dtype, "device": device}
-    train = (torch.tensor([1.0, -2.0, 1.0, 0.0, 0.0, 0.0], **coef), torch.zeros(0, **coef))
-    valid = (torch.tensor([0.0, 1.0, 0.0, 0.0, -2.0, 1.0], **coef), torch.zeros(0, **coef))
-    a = torch.tensor([alpha], **coef)
-    exact = _hypergradient(a - 2.0, a.clone(), (a - 1.0).square(), torch.zeros((), **coef))
+    t = _maker(dtype, device)
+    train = (t([1.0, -2.0, 1.0, 0.0, 0.0, 0.0]), t([]))
+    valid = (t([0.0, 1.0, 0.0, 0.0, -2.0, 1.0]), t([]))
+    a = t([alpha])
+    exact = _hypergradient(a - 2.0, a.clone(), (a - 1.0).square(), t(0.0))
     return BilevelProblem(
         "darts_1d", model, train, valid, exact,
         description=f"DARTS 1-D example at alpha = {alpha:g}: w* = alpha, g = 2 alpha - 2",
@@ -211,13 +216,13 @@ def angle_counterexample(
     """
     if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k <= 0:
         raise ValueError(f"invalid k: {k!r} (H = diag(1, k) must be positive definite: k > 0)")
-    opts = {"dtype": dtype, "device": device}
-    c = torch.tensor([[1.0, 1.0]], **opts)
-    m_train = torch.diag(torch.tensor([1.0, float(k)], **opts))
-    train = (m_train, torch.zeros(2, **opts))
+    t = _maker(dtype, device)
+    c = t([[1.0, 1.0]])
+    m_train = torch.diag(t([1.0, float(k)]))
+    train = (m_train, t([0.0, 0.0]))
     # valid loss -b^T w with b = (-1, 1): v = grad_w L_val = C^T alpha - b = (1, -1)
-    valid = (torch.zeros(2, 2, **opts), torch.tensor([-1.0, 1.0], **opts))
-    alpha = torch.zeros(1, **opts)
+    valid = (t([[0.0, 0.0], [0.0, 0.0]]), t([-1.0, 1.0]))
+    alpha = t([0.0])
     w_star = torch.linalg.solve(m_train, train[1] - c.T @ alpha)  # grad_w L_train = 0
     model = QuadraticBilevel(c, w_star, alpha)
     v = valid[0] @ w_star + c.T @ alpha - valid[1]
