@@ -1,22 +1,25 @@
-"""Shared test helpers: seeding, device, tiny supernets and dense (ground-truth) references."""
+"""Shared test helpers: seeding, device, state snapshots; toy supernets and dense ground truth
+re-exported from the public testing kit (darts_amend.testing)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from darts_amend.hvp import split_parameters
+from darts_amend.testing import MixedMLP, QuadraticBilevel, dense_derivatives
 
 __all__ = [
     "DEVICE",
     "ArchNet",
     "NoArchNet",
     "assert_same_state",
-    "DenseModel",
     "MixedMLP",
     "QuadraticBilevel",
     "assert_close",
@@ -105,81 +108,9 @@ def assert_same_state(before: dict[str, Tensor], after: dict[str, Tensor]) -> No
 
 # --------------------------------------------------------------------------- toy supernets
 #
-# Every toy model has ``pure_loss(alphas, weights, x, y)``: its loss as a pure function of
-# explicit tensors (weights in the order of ``split_parameters``), so dense references can
-# differentiate it with torch.autograd.functional on a flat vector.
-
-
-class MixedMLP(nn.Module):
-    """A smooth two-op mixed layer: x -> sum_k softmax(alpha)_k tanh(W_k x) -> (BN) -> linear.
-
-    ``register_alphas=True`` registers alphas as module parameters (P-DARTS style);
-    otherwise they are kept as in upstream DARTS, outside ``parameters()``.
-    """
-
-    def __init__(
-        self,
-        d_in: int = 4,
-        hidden: int = 3,
-        classes: int = 3,
-        ops: int = 2,
-        *,
-        batchnorm: bool = False,
-        register_alphas: bool = False,
-        dtype: torch.dtype = torch.float64,
-    ) -> None:
-        super().__init__()
-        alpha = 0.3 * torch.randn(ops, dtype=dtype)
-        if register_alphas:
-            self.alpha = nn.Parameter(alpha)
-            self._alphas = [self.alpha]
-        else:
-            self._alphas = [alpha.requires_grad_()]
-        self.ops = nn.ModuleList(nn.Linear(d_in, hidden, dtype=dtype) for _ in range(ops))
-        self.bn = nn.BatchNorm1d(hidden, dtype=dtype) if batchnorm else None
-        self.head = nn.Linear(hidden, classes, dtype=dtype)
-
-    def arch_parameters(self) -> list[Tensor]:
-        return self._alphas
-
-    def weight_names(self) -> list[str]:
-        ids = {id(a) for a in self._alphas}
-        return [n for n, p in self.named_parameters() if p.requires_grad and id(p) not in ids]
-
-    def _logits(self, alpha: Tensor, p: dict, x: Tensor, stats=None) -> Tensor:
-        w = F.softmax(alpha, dim=0)
-        h = sum(
-            w[k] * torch.tanh(F.linear(x, p[f"ops.{k}.weight"], p[f"ops.{k}.bias"]))
-            for k in range(len(self.ops))
-        )
-        if self.bn is not None:
-            mean, var = stats or (self.bn.running_mean, self.bn.running_var)
-            # train mode: running statistics updated as real BN does, output uses batch stats
-            h = F.batch_norm(
-                h,
-                mean,
-                var,
-                p["bn.weight"],
-                p["bn.bias"],
-                self.training,
-                self.bn.momentum,
-                self.bn.eps,
-            )
-        return F.linear(h, p["head.weight"], p["head.bias"])
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._logits(self._alphas[0], dict(self.named_parameters()), x)
-
-    def _loss(self, x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(self(x), y)
-
-    def pure_loss(self, alphas, weights, x, y) -> Tensor:
-        """The loss as a pure function (running statistics untouched: it updates copies)."""
-        p = dict(zip(self.weight_names(), weights, strict=True))
-        stats = None
-        if self.bn is not None:
-            stats = (self.bn.running_mean.clone(), self.bn.running_var.clone())
-        return F.cross_entropy(self._logits(alphas[0], p, x, stats), y)
+# The toy supernets and the dense ground truth come from the public testing kit
+# (darts_amend.testing): MixedMLP, QuadraticBilevel, dense_derivatives. Only the bad-input
+# models below are test-suite specific.
 
 
 class NoArchNet(nn.Module):
@@ -201,67 +132,41 @@ class ArchNet(NoArchNet):
         return self._a
 
 
-class QuadraticBilevel(nn.Module):
-    """Closed-form bilevel toy. On a batch (M, b): L = 1/2 w^T M w + alpha^T C w - b^T w.
-
-    So grad_w L = M w + C^T alpha - b, H = M, B = C (B u = C u), grad_alpha L = C w.
-    """
-
-    def __init__(self, C: Tensor, w0: Tensor, alpha0: Tensor | None = None) -> None:
-        super().__init__()
-        self.C = nn.Parameter(C.clone(), requires_grad=False)  # frozen: not a weight
-        self.w = nn.Parameter(w0.clone())
-        a = torch.zeros(C.shape[0], dtype=C.dtype) if alpha0 is None else alpha0.clone()
-        self._alphas = [a.requires_grad_()]
-
-    def arch_parameters(self) -> list[Tensor]:
-        return self._alphas
-
-    def pure_loss(self, alphas, weights, M: Tensor, b: Tensor) -> Tensor:
-        w, a = weights[0], alphas[0]
-        return 0.5 * w @ M @ w + a @ self.C @ w - b @ w
-
-    def _loss(self, M: Tensor, b: Tensor) -> Tensor:
-        return self.pure_loss(self._alphas, [self.w], M, b)
-
-
-class DenseModel:
-    """The loss as a scalar function of the flat vector theta = (alphas, weights)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.alphas = list(model.arch_parameters())
-        ids = {id(a) for a in self.alphas}
-        self.weights = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-        self.n_alpha = sum(a.numel() for a in self.alphas)
-
-    def theta(self) -> Tensor:
-        return flat([t.detach() for t in self.alphas + self.weights]).clone()
-
-    def __call__(self, theta: Tensor, batch) -> Tensor:
-        pieces = unflat(theta, self.alphas + self.weights)
-        k = len(self.alphas)
-        return self.model.pure_loss(pieces[:k], pieces[k:], *batch)
+@contextlib.contextmanager
+def _at(model: nn.Module, theta: Tensor | None):
+    """Temporarily put the flat point theta = (alphas, weights) into the model (then restore)."""
+    if theta is None:
+        yield
+        return
+    params = [*split_parameters(model)[0], *split_parameters(model)[1]]
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, t in zip(params, unflat(theta, params), strict=True):
+            p.copy_(t)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, t in zip(params, saved, strict=True):
+                p.copy_(t)
 
 
 def dense_blocks(model: nn.Module, batch, theta: Tensor | None = None):
     """Dense Hessian of the loss over (alphas, weights) at theta (default: current point).
 
-    Returns (A, B, H): A = d2L/dalpha2, B = d2L/(dalpha dw) (rows: alpha), H = d2L/dw2.
+    Returns (A, B, H): A = d2L/dalpha2, B = d2L/(dalpha dw) (rows: alpha), H = d2L/dw2
+    (from :func:`darts_amend.testing.dense_derivatives`).
     """
-    dm = DenseModel(model)
-    th = dm.theta() if theta is None else theta
-    full = torch.autograd.functional.hessian(lambda t: dm(t, batch), th, vectorize=True)
-    k = dm.n_alpha
-    return full[:k, :k], full[:k, k:], full[k:, k:]
+    with _at(model, theta):
+        d = dense_derivatives(model, batch)
+    return d.alpha_alpha, d.alpha_weight, d.weight_weight
 
 
 def dense_grad(model: nn.Module, batch, theta: Tensor | None = None):
     """(grad_alpha, grad_w) of the loss as flat vectors at theta (default: current point)."""
-    dm = DenseModel(model)
-    th = dm.theta() if theta is None else theta
-    g = torch.autograd.functional.jacobian(lambda t: dm(t, batch), th)
-    return g[: dm.n_alpha], g[dm.n_alpha :]
+    with _at(model, theta):
+        d = dense_derivatives(model, batch)
+    return d.grad_alphas, d.grad_weights
 
 
 def make_batch(

@@ -39,6 +39,7 @@ from darts_amend.diagnostics import (
 )
 from darts_amend.hvp import NonFiniteLossError
 from darts_amend.supernet import Genotype, build_search_network
+from darts_amend.testing import angle_counterexample
 
 DTYPE = torch.float64
 
@@ -263,12 +264,9 @@ def test_dominant_eigenvalue_power_and_errors() -> None:
 
 
 def _counterexample(k: float = 4.0) -> tuple[QuadraticBilevel, tuple, tuple]:
-    """DESIGN.md 2.1: H = diag(1, k), B = [1, 1] (B^T B = [[1,1],[1,1]]), v = (1, -1)."""
-    model = QuadraticBilevel(torch.tensor([[1.0, 1.0]], dtype=DTYPE), torch.zeros(2, dtype=DTYPE))
-    train = (torch.diag(torch.tensor([1.0, k], dtype=DTYPE)), torch.zeros(2, dtype=DTYPE))
-    # valid loss -b^T w with b = -(1, -1): v = grad_w L_val = (1, -1), g1 = C w = 0
-    valid = (torch.zeros(2, 2, dtype=DTYPE), torch.tensor([-1.0, 1.0], dtype=DTYPE))
-    return model, train, valid
+    """DESIGN.md 2.1: H = diag(1, k), B = [1, 1] (B^T B = [[1,1],[1,1]]), v = (1, -1), g1 = 0."""
+    problem = angle_counterexample(k, dtype=DTYPE)
+    return problem.model, problem.train_batch, problem.valid_batch
 
 
 def test_dense_hypergradient_closed_form() -> None:

@@ -3,6 +3,7 @@ finite differences of the true response, and the angle claim where (and only whe
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -37,7 +38,8 @@ from darts_amend.estimators import (
     unrolled,
     write_grads_,
 )
-from darts_amend.hvp import list_cosine, split_parameters
+from darts_amend.hvp import list_cosine, preserve_state, split_parameters
+from darts_amend.testing import solve_inner_
 
 
 def _mlp(seed: int = 0, **kw):
@@ -60,14 +62,9 @@ def test_amended_equals_g1_minus_eta_BHv(batchnorm):
     assert_close(res.grads, expected, rtol=1e-10, atol=1e-13)
     assert_close(res.terms["g1"], g1, rtol=1e-10, atol=1e-13)
     assert_close(res.terms["g2"], -eta * B @ (H @ v), rtol=1e-10, atol=1e-13)
-    assert float(res.val_loss) == pytest.approx(
-        float(
-            model.pure_loss(  # same loss value
-                model.arch_parameters(), split_parameters(model)[1], *vb
-            ).detach()
-        ),
-        rel=1e-12,
-    )
+    with preserve_state(model), torch.no_grad():  # same loss value (BN statistics restored)
+        val = float(model._loss(*vb))
+    assert float(res.val_loss) == pytest.approx(val, rel=1e-12)
     # finite differences (two nested central differences) agree on a smooth model
     fd = amended(model, tb, vb, eta=eta, mode="finite_difference", r=1e-4)
     assert_close(fd.grads, expected, rtol=1e-6, atol=1e-9)
@@ -138,33 +135,22 @@ class LogRegNet(nn.Module):
     def arch_parameters(self):
         return [self.alpha]
 
-    def pure_loss(self, alphas, weights, x, y):
-        W, b = weights
-        a = F.softmax(alphas[0], 0)
+    def _loss(self, x, y):
+        a = F.softmax(self.alpha, 0)
         phi = a[0] * x + a[1] * torch.tanh(2 * x) + a[2] * torch.sin(x)
-        return F.cross_entropy(phi @ W.t() + b, y) + 0.5 * self.lam * (
-            W.square().sum() + b.square().sum()
+        return F.cross_entropy(phi @ self.W.t() + self.b, y) + 0.5 * self.lam * (
+            self.W.square().sum() + self.b.square().sum()
         )
 
-    def _loss(self, x, y):
-        return self.pure_loss([self.alpha], [self.W, self.b], x, y)
 
-
-def _newton_solve(model: LogRegNet, batch, alpha: Tensor) -> list[Tensor]:
-    W, b = model.W.detach().clone(), model.b.detach().clone()
-    shapes = [W.shape, b.shape]
-    w = torch.cat([W.reshape(-1), b])
-
-    def f(wf):
-        return model.pure_loss([alpha], [wf[: W.numel()].view(shapes[0]), wf[W.numel() :]], *batch)
-
-    for _ in range(50):
-        g = torch.autograd.functional.jacobian(f, w)
-        if float(g.norm()) < 1e-14:
-            break
-        w = w - torch.linalg.solve(torch.autograd.functional.hessian(f, w, vectorize=True), g)
-    assert float(torch.autograd.functional.jacobian(f, w).norm()) < 1e-13
-    return [w[: W.numel()].view(shapes[0]), w[W.numel() :]]
+def _response(model: LogRegNet, tb, vb, alpha: Tensor) -> float:
+    """The true response alpha -> L_val(w*(alpha), alpha), w* by the kit's Newton solver."""
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        m.alpha.copy_(alpha)
+    solve_inner_(m, tb, tol=1e-14)
+    with torch.no_grad():
+        return float(m._loss(*vb))
 
 
 @pytest.fixture(scope="module")
@@ -181,9 +167,7 @@ def optimum():
         torch.randint(0, 3, (30,), generator=gen),
     )
     alpha = model.alpha.detach().clone()
-    with torch.no_grad():
-        for p, s in zip((model.W, model.b), _newton_solve(model, tb, alpha), strict=True):
-            p.copy_(s)
+    solve_inner_(model, tb, tol=1e-14)
     # ground truth 1: the implicit-function gradient from dense matrices at w*(alpha)
     g1, v = dense_grad(model, vb)
     _, B, H = dense_blocks(model, tb)
@@ -196,7 +180,7 @@ def optimum():
         for s in (h, -h):
             a = alpha.clone()
             a[i] += s
-            vals.append(float(model.pure_loss([a], _newton_solve(model, tb, a), *vb)))
+            vals.append(_response(model, tb, vb, a))
         response[i] = (vals[0] - vals[1]) / (2 * h)
     return model, tb, vb, reference, response, H
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from darts_amend._types import LossFn
 from darts_amend.hvp import list_cosine
 
-from .spectral import _fixed_randomness, _flatten, _unflatten
+from .spectral import _fixed_randomness, _flatten
 
 __all__ = ["EstimatorAlignment", "AlignmentReport", "alignment", "dense_hypergradient"]
 
@@ -93,46 +93,17 @@ def dense_hypergradient(
 ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
     """The exact implicit hypergradient, ``(g1, g2)`` with ``g2 = -B H^-1 v``, for toy models.
 
-    H is assembled column by column from exact Hessian-vector products (one per weight, so
-    this refuses models with more than ``max_weights`` weights) and solved densely; it must be
-    non-singular. Both results are tuples aligned with ``model.arch_parameters()``.
+    The terms of :func:`darts_amend.testing.exact_hypergradient` (one implementation): H is
+    built densely, one double backward per weight, so this refuses models with more than
+    ``max_weights`` weights; it must be non-singular. Both results are tuples aligned with
+    ``model.arch_parameters()``.
     """
-    from darts_amend.estimators import _val_pass
-    from darts_amend.hvp import (
-        check_batch,
-        preserve_state,
-        resolve_loss,
-        second_order_products,
-        split_parameters,
-        unwrap_model,
-    )
+    from darts_amend.testing.dense import exact_hypergradient
 
-    alphas, weights = split_parameters(model)
-    net = unwrap_model(model)
-    n = sum(w.numel() for w in weights)
-    if n > max_weights:
-        raise ValueError(f"dense reference needs one Hessian-vector product per weight: the model "
-                         f"has {n} > max_weights={max_weights}; use reference='implicit_cg'")
-    check_batch(train_batch, "train_batch", alphas[0].device)
-    check_batch(valid_batch, "valid_batch", alphas[0].device)
-    loss = resolve_loss(loss_fn)
-    like = weights[0].detach()
-    with preserve_state(net):
-        _, g1, v_list = _val_pass(net, valid_batch, loss, alphas, weights)  # the estimators' g1, v
-        v = _flatten(v_list)
-        # H column by column (one double backward each, on one shared graph), then B H^-1 v
-        products = second_order_products(net, train_batch, loss, alphas, weights, mode="exact")
-        eye = torch.eye(n, dtype=like.dtype, device=like.device)
-        h = torch.stack([_flatten(products.hvp(_unflatten(eye[i], weights))) for i in range(n)],
-                        dim=1)
-        h = 0.5 * (h + h.T)  # symmetric up to rounding
-        try:
-            x = torch.linalg.solve(h, v)
-        except RuntimeError as exc:  # torch.linalg.LinAlgError subclasses RuntimeError
-            raise ValueError(f"dense reference: H is singular ({exc})") from exc
-        bx = products.mixed(_unflatten(x, weights))
-    g2 = tuple(-b.detach() for b in bx)
-    return g1, g2
+    exact = exact_hypergradient(
+        model, train_batch, valid_batch, loss_fn=loss_fn, max_weights=max_weights
+    )
+    return exact.terms["g1"], exact.terms["g2"]
 
 
 def _normalise_estimators(
