@@ -186,7 +186,8 @@ def check_batch(
         n = inputs.shape[0]
         if n == 0:
             raise ValueError(f"{name} is empty (0 samples)")
-        if targets.dim() > 0 and targets.shape[0] != n:
+        # an empty targets tensor is a placeholder (losses that read only the inputs)
+        if targets.dim() > 0 and targets.shape[0] not in (n, 0):
             raise ValueError(
                 f"{name} has {n} inputs but {targets.shape[0]} targets (first dimensions differ)"
             )
