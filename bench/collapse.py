@@ -176,7 +176,8 @@ def _phase(kind: str, argv: list[str], folder: Path, log: Path,
         argv = argv + ["--force"]  # started but no epoch finished: start over
     rc = _invoke(argv, log, args)
     if rc != 0:
-        if rc == 130 or _stop.is_set():
+        if rc == 130 or _stop.is_set():  # interrupted (checkpointed): no new runs either
+            _stop.set()
             return None
         raise RuntimeError(f"{kind} failed (exit {rc}); see {log}")
     summary = _summary(folder)

@@ -315,7 +315,8 @@ def plot_space(space: SearchSpace | str, path: str | Path, title: str | None = N
         ax = fig.add_axes((0.0, 0.0, 1.0, 0.88))
         _draw_graph(ax, spec.steps, edges, spec.concat, labels=False)
     if title is None:
-        sharing = "own alphas per cell" if spec.per_cell else "alphas shared by cell type"
+        sharing = ("own alphas per cell" if spec.per_cell else "one alpha set for all cells"
+                   if spec.cell == "nb201" else "alphas shared by cell type")
         ops = (f"ops: {', '.join(spec.ops)}" if spec.edge_ops is None
                else f"{spec.ops_per_edge} ops per edge, from: {', '.join(spec.ops)}")
         title = f"{spec.name}: {spec.num_edges} edges x {spec.ops_per_edge} ops, {sharing}\n{ops}"
