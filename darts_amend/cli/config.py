@@ -52,8 +52,11 @@ class SearchConfig:
     fake_size: int = _f(256, "number of images of the fake data set")
     train_portion: float = _f(0.5, "fraction of the training set that trains weights; the rest "
                                    "trains alphas")
-    space: str = _f("darts", "search space", choices=("darts", "s1", "s2"))
-    layers: int | None = _f(None, "cells in the search network (default: 8, or 20 for s2)")
+    space: str = _f("darts", "search space (s1r-s4r: RobustDARTS' reduced spaces; nb201: the "
+                             "NAS-Bench-201 cell)",
+                    choices=("darts", "s1", "s2", "s1r", "s2r", "s3r", "s4r", "nb201"))
+    layers: int | None = _f(None, "cells in the search network (default: 8, or 20 for s2; "
+                                  "nb201: cells per stage, default 5)")
     init_channels: int = _f(16, "base channel number C")
     partial_channels: int = _f(1, "PC-DARTS partial-channel factor K (1 = off)")
     edge_normalization: bool = _f(False, "PC-DARTS edge normalisation (betas)")
@@ -124,7 +127,8 @@ class TrainConfig:
     image_size: int | None = _f(None, "image size for imagenet/folder/fake")
     fake_size: int = _f(256, "number of images of the fake data set")
     layers: int | None = _f(None, "cells (default: 20 CIFAR, 14 ImageNet, or the genotype's "
-                                  "own count for a per-cell genotype)")
+                                  "own count for a per-cell genotype; an NB201 cell: cells per "
+                                  "stage, default 5)")
     init_channels: int | None = _f(None, "base channels C (default: 36 CIFAR, 42 ImageNet)")
     epochs: int | None = _f(None, "epochs (default: 600 CIFAR, 250 ImageNet)")
     batch_size: int | None = _f(None, "global batch size (default: 96 CIFAR, 1024 ImageNet)")

@@ -79,12 +79,21 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
         if layers is not None and layers != genotype.num_cells:
             raise CLIError(f"the genotype fixes {genotype.num_cells} cells, but --layers {layers}")
         layers = genotype.num_cells
-    if layers is None:
-        layers = train_family_defaults(cfg.dataset)["layers"]
+    nb201 = getattr(genotype, "is_nb201", False)
+    if layers is None:  # NAS-Bench-201: 5 cells per stage
+        layers = 5 if nb201 else train_family_defaults(cfg.dataset)["layers"]
     seed_everything(cfg.seed)
-    cls = NetworkImageNet if cfg.dataset == "imagenet" else NetworkCIFAR
-    net = cls(cfg.init_channels, ctx.info.num_classes, layers, cfg.auxiliary, genotype,
-              in_channels=ctx.info.in_channels).to(device)
+    if nb201:  # an NB201 cell: NAS-Bench-201's network (3 stages of `layers` cells)
+        from darts_amend.supernet import NB201Network
+
+        if cfg.auxiliary:
+            logger.info("the NB201 network has no auxiliary tower; --auxiliary is ignored")
+        net: nn.Module = NB201Network(cfg.init_channels, ctx.info.num_classes, layers, genotype,
+                                      in_channels=ctx.info.in_channels).to(device)
+    else:
+        cls = NetworkImageNet if cfg.dataset == "imagenet" else NetworkCIFAR
+        net = cls(cfg.init_channels, ctx.info.num_classes, layers, cfg.auxiliary, genotype,
+                  in_channels=ctx.info.in_channels).to(device)
     if d.enabled:
         for t in list(net.parameters()) + list(net.buffers()):
             dist.broadcast(t.data, src=0)

@@ -1,5 +1,6 @@
-"""Reference supernet: DARTS, S1 and S2 search spaces, PC-DARTS options, genotypes, evaluation
-networks and cell plots (paper Sec. 4.1).
+"""Reference supernet: DARTS, S1 and S2 search spaces (paper Sec. 4.1), RobustDARTS' reduced
+spaces s1r-s4r and the NAS-Bench-201 cell, PC-DARTS options, genotypes, evaluation networks and
+cell plots.
 
 API notes (deviations from / additions to the coordination contract):
 - ``build_search_network(layers=None)``: None means the space's own cell count (8 for darts and
@@ -23,7 +24,8 @@ from .evaluation import (
     count_parameters,
 )
 from .genotypes import DARTS_V1, DARTS_V2, GENOTYPES, CellGenotype, Genotype
-from .operations import OPS, PRIMITIVES
+from .nb201 import NB201_DARTS, NB201Genotype, NB201Network, NB201SearchNetwork
+from .operations import OPS, PARAMETER_FREE, PRIMITIVES
 from .plot import genotype_to_dot, plot_cell, plot_genotype, plot_network, plot_space
 from .search import (
     MixedOp,
@@ -32,6 +34,8 @@ from .search import (
     build_search_network,
     derive_cell,
     is_converged,
+    kept_edges,
+    parameter_free_share,
 )
 from .spaces import SPACES, SearchSpace, get_space, space_size
 
@@ -47,7 +51,14 @@ __all__ = [
     "SearchNetwork",
     "build_search_network",
     "derive_cell",
+    "kept_edges",
     "is_converged",
+    "parameter_free_share",
+    "PARAMETER_FREE",
+    "NB201Genotype",
+    "NB201_DARTS",
+    "NB201SearchNetwork",
+    "NB201Network",
     "CellGenotype",
     "Genotype",
     "DARTS_V1",

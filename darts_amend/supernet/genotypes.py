@@ -7,7 +7,10 @@ A cell genotype lists, for every intermediate node, its kept inputs as ``(op, st
 A :class:`Genotype` either has the DARTS fields ``normal / normal_concat / reduce /
 reduce_concat`` (all normal cells alike, all reduction cells alike) or ``cells`` (one cell
 genotype per cell, as in the paper's S2 space). It round-trips through JSON, parses the text that
-upstream DARTS prints, and prints a readable form.
+upstream DARTS prints, and prints a readable form. The readers (:meth:`Genotype.parse`,
+:meth:`Genotype.from_dict`, :meth:`Genotype.from_json`) also accept NAS-Bench-201 cells (the
+``|op~0|+|...|`` string or ``{"nb201": ...}``) and then return a
+:class:`~darts_amend.supernet.nb201.NB201Genotype`.
 """
 
 from __future__ import annotations
@@ -196,6 +199,10 @@ class Genotype:
     def from_dict(cls, data: dict[str, Any]) -> Genotype:
         if not isinstance(data, dict):
             raise ValueError(f"genotype: expected a JSON object, got {type(data).__name__}")
+        if "nb201" in data:  # an NB201 cell: its own class
+            from .nb201 import NB201Genotype
+
+            return NB201Genotype.from_dict(data)  # type: ignore[return-value]
         fmt = data.get("format", _FORMAT)
         if fmt != _FORMAT:
             raise ValueError(f"genotype: unsupported format {fmt!r} (expected {_FORMAT!r})")
@@ -239,10 +246,15 @@ class Genotype:
 
     @classmethod
     def parse(cls, text: str) -> Genotype:
-        """Read a genotype from our JSON or from upstream's ``Genotype(normal=..., ...)`` text."""
+        """Read a genotype from our JSON, from upstream's ``Genotype(normal=..., ...)`` text, or
+        from NAS-Bench-201's ``|op~0|+|op~0|op~1|+|...|`` string (an NB201Genotype)."""
         text = text.strip()
         if text.startswith("{"):
             return cls.from_json(text)
+        if text.startswith("|"):
+            from .nb201 import NB201Genotype
+
+            return NB201Genotype.from_string(text)  # type: ignore[return-value]
         match = re.fullmatch(r"Genotype\((.*)\)", text, flags=re.S)
         if not match:
             raise ValueError("genotype text must be JSON or 'Genotype(normal=..., reduce=...)'")

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 __all__ = [
     "PRIMITIVES",
     "OPS",
+    "PARAMETER_FREE",
     "make_op",
     "ReLUConvBN",
     "DilConv",
@@ -26,6 +27,7 @@ __all__ = [
     "Conv7x1x1x7",
     "Identity",
     "Zero",
+    "Noise",
     "FactorizedReduce",
     "AuxiliaryHead",
     "make_head",
@@ -157,6 +159,26 @@ class Zero(nn.Module):
         return x[:, :, :: self.stride, :: self.stride] * 0.0
 
 
+class Noise(nn.Module):
+    """The ``noise`` operation of RobustDARTS' space S4: standard Gaussian noise of the output's
+    shape, independent of the input values (so no gradient reaches the input) and without
+    parameters. Stride-2 edges give the ``ceil(H/2) x ceil(W/2)`` shape of the other ops.
+
+    Drawn from torch's default generator of the input's device, in its dtype: reproducible under
+    ``torch.manual_seed``, and a fresh draw on every forward (as upstream). Note for estimators
+    that compare two forward passes (finite differences): each pass sees different noise.
+    """
+
+    def __init__(self, stride: int, mean: float = 0.0, std: float = 1.0) -> None:
+        super().__init__()
+        self.stride, self.mean, self.std = stride, float(mean), float(std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return torch.randn(x.shape, device=x.device, dtype=x.dtype) * self.std + self.mean
+
+
 class FactorizedReduce(nn.Module):
     """Halve the resolution with two stride-2 1x1 convs on offset grids, concatenated.
 
@@ -186,6 +208,7 @@ OpFactory = Callable[[int, int, bool], nn.Module]
 #: name -> factory(C, stride, affine). Every op keeps the channel count C.
 OPS: dict[str, OpFactory] = {
     "none": lambda C, stride, affine: Zero(stride),
+    "noise": lambda C, stride, affine: Noise(stride),  # RobustDARTS S4
     "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(
         3, stride=stride, padding=1, count_include_pad=False
     ),
@@ -199,7 +222,17 @@ OPS: dict[str, OpFactory] = {
     "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine=affine),
     "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine=affine),
     "conv_7x1_1x7": lambda C, stride, affine: Conv7x1x1x7(C, stride, affine=affine),
+    # NAS-Bench-201's convolutions: ReLU -> conv -> BN
+    "nor_conv_1x1": lambda C, stride, affine: ReLUConvBN(C, C, 1, stride, 0, affine=affine),
+    "nor_conv_3x3": lambda C, stride, affine: ReLUConvBN(C, C, 3, stride, 1, affine=affine),
 }
+
+#: Operations without parameters (by name; ``skip_connect`` counts as one although its
+#: stride-2 form, a factorized reduce, has a 1x1 convolution): the ops a collapsed search
+#: piles up (see ``parameter_free_share`` in :mod:`darts_amend.supernet.search`).
+PARAMETER_FREE: frozenset[str] = frozenset(
+    {"none", "noise", "skip_connect", "max_pool_3x3", "avg_pool_3x3"}
+)
 
 
 def make_op(name: str, C: int, stride: int, affine: bool) -> nn.Module:

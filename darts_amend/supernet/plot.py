@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .genotypes import CellGenotype, Genotype
+from .nb201 import NB201Genotype
 from .spaces import SearchSpace
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "plot_space",
     "genotype_to_dot",
     "cell_to_dot",
+    "plot_nb201",
+    "nb201_to_dot",
     "OP_COLORS",
 ]
 
@@ -39,6 +42,9 @@ OP_COLORS: dict[str, str] = {
     "avg_pool_3x3": "#8c564b",
     "conv_7x1_1x7": "#9467bd",
     "none": "#7f7f7f",
+    "noise": "#e377c2",
+    "nor_conv_1x1": "#2ca02c",
+    "nor_conv_3x3": "#1f77b4",
 }
 
 
@@ -173,6 +179,65 @@ def _draw_graph(
         )
 
 
+def _draw_chain(ax, steps: int, edges: Sequence[tuple[int, int, str | None]], *, labels: bool,
+                font: float = 8.0) -> None:
+    """Draw an NB201 cell: states 0 (input) .. steps on a line, ``edges`` = ``(src, dst, op)``
+    (op None = a grey candidate edge); the last state is the output."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    xs = [1.6 * i for i in range(steps + 1)]
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_xlim(-0.6, xs[-1] + 0.6)
+    ax.set_ylim(-2.0, 2.0)
+    for k, (src, dst, op) in enumerate(edges):
+        span = dst - src
+        # longer edges arc, below from even states and above from odd ones, wider with the span
+        rad = 0.0 if span == 1 else (1 if src % 2 == 0 else -1) * (0.45 + 0.1 * (span - 2))
+        color = OP_COLORS.get(op, "black") if op is not None else "#555555"
+        (x0, x1) = xs[src] + _HALF_W, xs[dst] - _HALF_W
+        ax.add_patch(FancyArrowPatch((x0, 0.0), (x1, 0.0), arrowstyle="-|>", mutation_scale=7,
+                                     color=color, lw=1.5 if op else 1.0, zorder=2,
+                                     connectionstyle=f"arc3,rad={rad}"))
+        if labels and op is not None:
+            my = -rad * (x1 - x0) / 2 + (0.3 if rad == 0.0 else 0.0)
+            ax.text((x0 + x1) / 2, my, op, fontsize=font * 0.75, color=color, ha="center",
+                    va="center", zorder=5,
+                    bbox=dict(boxstyle="round,pad=0.08", fc="white", ec="none", alpha=0.85))
+    for i, x in enumerate(xs):
+        name = "in" if i == 0 else ("out" if i == steps else str(i))
+        ax.add_patch(FancyBboxPatch((x - _HALF_W, -_HALF_H), 2 * _HALF_W, 2 * _HALF_H,
+                                    boxstyle="round,pad=0.02", lw=0.7, ec="black", zorder=3,
+                                    fc="#ffe9a8" if i in (0, steps) else "#cfe2f3"))
+        ax.text(x, 0.0, name, fontsize=font, ha="center", va="center", zorder=4)
+
+
+def plot_nb201(genotype: NB201Genotype, path: str | Path, title: str | None = None) -> Path:
+    """Draw an NB201 cell (edges labelled and coloured by operation) to a PNG file."""
+    path = Path(path)
+    fig = _new_figure(1.6 * (genotype.steps + 1) + 0.8, 3.8)
+    ax = fig.add_axes((0.0, 0.0, 1.0, 0.86))
+    _draw_chain(ax, genotype.steps, [(j, i, op) for i, j, op in genotype.edges], labels=True)
+    fig.suptitle(title or str(genotype), fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def nb201_to_dot(genotype: NB201Genotype, name: str = "cell") -> str:
+    """Graphviz DOT text of an NB201 cell."""
+    last = genotype.steps
+    lines = [f"digraph {name} {{", "  rankdir=LR;",
+             '  node [style=filled, shape=rect, fontname="helvetica"];']
+    for i in range(last + 1):
+        fill = "darkseagreen2" if i == 0 else ("palegoldenrod" if i == last else "lightblue")
+        lines.append(f'  "{i}" [fillcolor={fill}, label="{"in" if i == 0 else i}"];')
+    for i, j, op in genotype.edges:
+        lines.append(f'  "{j}" -> "{i}" [label="{op}", color="{OP_COLORS.get(op, "black")}"];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
 def plot_cell(cell: CellGenotype, path: str | Path, title: str | None = None) -> Path:
     """Draw one cell (edges labelled with their operations) to a PNG file."""
     path = Path(path)
@@ -240,15 +305,21 @@ def plot_space(space: SearchSpace | str, path: str | Path, title: str | None = N
     spec = get_space(space)
     path = Path(path)
     edges = [(src, node, None) for node, src in spec.edges()]
-    fig = _new_figure(1.1 * (2.2 + 1.3 * spec.steps), 3.6)
-    ax = fig.add_axes((0.0, 0.0, 1.0, 0.88))
-    _draw_graph(ax, spec.steps, edges, spec.concat, labels=False)
+    if spec.cell == "nb201":
+        fig = _new_figure(1.6 * (spec.steps + 1) + 0.8, 3.8)
+        ax = fig.add_axes((0.0, 0.0, 1.0, 0.86))
+        _draw_chain(ax, spec.steps, [(src, node + 1, None) for node, src in spec.edges()],
+                    labels=False)
+    else:
+        fig = _new_figure(1.1 * (2.2 + 1.3 * spec.steps), 3.6)
+        ax = fig.add_axes((0.0, 0.0, 1.0, 0.88))
+        _draw_graph(ax, spec.steps, edges, spec.concat, labels=False)
     if title is None:
-        sharing = "own alphas per cell" if spec.per_cell else "alphas shared by cell type"
-        title = (
-            f"{spec.name}: {spec.num_edges} edges x {len(spec.ops)} ops, {sharing}\n"
-            f"ops: {', '.join(spec.ops)}"
-        )
+        sharing = ("own alphas per cell" if spec.per_cell else "one alpha set for all cells"
+                   if spec.cell == "nb201" else "alphas shared by cell type")
+        ops = (f"ops: {', '.join(spec.ops)}" if spec.edge_ops is None
+               else f"{spec.ops_per_edge} ops per edge, from: {', '.join(spec.ops)}")
+        title = f"{spec.name}: {spec.num_edges} edges x {spec.ops_per_edge} ops, {sharing}\n{ops}"
     fig.suptitle(title, fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -298,13 +369,19 @@ def plot_genotype(
 
     Shared cells: ``<prefix>_normal.png``, ``<prefix>_reduce.png`` and a ``.dot`` next to each.
     Per-cell (S2): ``<prefix>_network.png`` (all cells, coloured edges) and ``<prefix>.dot``.
+    NB201: ``<prefix>_cell.png`` and ``<prefix>_cell.dot``.
     """
-    if not isinstance(genotype, Genotype):
+    if not isinstance(genotype, (Genotype, NB201Genotype)):
         raise TypeError(f"plot_genotype needs a Genotype, got {type(genotype).__name__}")
     prefix = Path(path_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    if genotype.is_per_cell:
+    if isinstance(genotype, NB201Genotype):
+        png = plot_nb201(genotype, prefix.with_name(f"{prefix.name}_cell.png"), title=title)
+        dot = png.with_suffix(".dot")
+        dot.write_text(nb201_to_dot(genotype))
+        written += [png, dot]
+    elif genotype.is_per_cell:
         written.append(
             plot_network(genotype, prefix.with_name(prefix.name + "_network.png"), title=title)
         )

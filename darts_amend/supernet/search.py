@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .genotypes import CellGenotype, Genotype
 from .operations import (
+    PARAMETER_FREE,
     FactorizedReduce,
     Identity,
     ReLUConvBN,
@@ -45,6 +46,8 @@ __all__ = [
     "channel_shuffle",
     "derive_cell",
     "is_converged",
+    "kept_edges",
+    "parameter_free_share",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,7 +65,12 @@ class MixedOp(nn.Module):
     """sum_o w_o * o(x) over the candidate operations, on 1/K of the channels (PC-DARTS)."""
 
     def __init__(
-        self, C: int, stride: int, op_names: Sequence[str], partial_channels: int = 1
+        self,
+        C: int,
+        stride: int,
+        op_names: Sequence[str],
+        partial_channels: int = 1,
+        pool_bn: bool = True,
     ) -> None:
         super().__init__()
         if partial_channels < 1 or C % partial_channels:
@@ -73,7 +81,8 @@ class MixedOp(nn.Module):
         self.ops = nn.ModuleList()
         for name in op_names:
             op = make_op(name, c_op, stride, affine=False)
-            if "pool" in name:  # as DARTS: a non-affine BN puts pooled maps on the conv ops' scale
+            if pool_bn and "pool" in name:  # as DARTS: a non-affine BN puts pooled maps on
+                # the conv ops' scale (NAS-Bench-201 pools without it: pool_bn=False)
                 op = nn.Sequential(op, nn.BatchNorm2d(c_op, affine=False))
             self.ops.append(op)
         # drop-path spares identities (as in evaluation) and pointless zero maps
@@ -120,8 +129,8 @@ class SearchCell(nn.Module):
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
         self.edges = space.edges()
         self.ops = nn.ModuleList(
-            MixedOp(C, 2 if reduction and src < 2 else 1, space.ops, partial_channels)
-            for _, src in self.edges
+            MixedOp(C, 2 if reduction and src < 2 else 1, names, partial_channels)
+            for (_, src), names in zip(self.edges, space.edge_op_names(reduction), strict=True)
         )
 
     def forward(
@@ -156,37 +165,89 @@ def _node_softmax(space: SearchSpace, betas: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
-def derive_cell(
-    space: SearchSpace, op_weights: Tensor, edge_weights: Tensor | None = None
-) -> tuple[CellGenotype, list[tuple[int, int]]]:
-    """Read a cell genotype off softmaxed weights (``edges x ops``).
+def kept_edges(
+    space: SearchSpace,
+    op_weights: Tensor,
+    edge_weights: Tensor | None = None,
+    *,
+    reduction: bool = False,
+) -> list[tuple[int, int]]:
+    """The ``(edge_index, op_index)`` pairs the space's genotype rule keeps, node by node.
 
-    darts-style spaces: per node, keep the ``inputs_per_node`` inputs whose best non-``none``
-    weight (times the edge weight, with edge normalisation) is largest, each with that op.
-    Fixed-edge spaces: every edge keeps its argmax op (``none`` excluded).
-    Returns the genotype and the kept ``(edge_index, op_index)`` pairs.
+    darts-style spaces: per node, the ``inputs_per_node`` inputs whose best non-``none`` weight
+    (times the edge weight, with edge normalisation) is largest, each with that op. Fixed-edge
+    spaces: every edge with its argmax op (``none`` excluded). NB201: every edge with its argmax
+    op, ``none`` included (NAS-Bench-201's rule). ``noise`` is an op like any other (RobustDARTS
+    S4 keeps it). ``reduction`` picks the op lists of spaces with per-edge ops (s1r).
     """
     w = op_weights.detach().to(torch.float64).cpu()
     if edge_weights is not None:
         w = w * edge_weights.detach().to(torch.float64).cpu()[:, None]
-    allowed = torch.tensor([op != "none" for op in space.ops])
+    names = space.edge_op_names(reduction)
+    if w.shape != (len(names), space.ops_per_edge):
+        raise ValueError(f"space {space.name!r}: weights of shape {tuple(w.shape)}, expected "
+                         f"{(len(names), space.ops_per_edge)}")
+    allowed = torch.tensor([[op != "none" or space.keeps_none for op in ops] for ops in names])
     masked = w.masked_fill(~allowed, float("-inf"))
     best_val, best_op = masked.max(dim=1)
-    genes: list[tuple[str, int]] = []
     kept: list[tuple[int, int]] = []
     e = 0
     for node in range(space.steps):
-        inputs = space.node_inputs(node)
-        idx = list(range(e, e + len(inputs)))
-        if space.fixed_edges:
+        idx = list(range(e, e + len(space.node_inputs(node))))
+        if space.fixed_edges or space.cell == "nb201":
             chosen = idx
         else:  # stable sort: ties go to the lower input index
             chosen = sorted(idx, key=lambda i: -float(best_val[i]))[: space.inputs_per_node]
-        for i in chosen:
-            genes.append((space.ops[int(best_op[i])], inputs[i - e]))
-            kept.append((i, int(best_op[i])))
-        e += len(inputs)
-    return CellGenotype(tuple(genes), space.concat), kept
+        kept += [(i, int(best_op[i])) for i in chosen]
+        e += len(idx)
+    return kept
+
+
+def derive_cell(
+    space: SearchSpace,
+    op_weights: Tensor,
+    edge_weights: Tensor | None = None,
+    *,
+    reduction: bool = False,
+) -> tuple[CellGenotype, list[tuple[int, int]]]:
+    """Read a DARTS-type cell genotype off softmaxed weights (``edges x ops``), under the rule
+    of :func:`kept_edges`. Returns the genotype and the kept ``(edge_index, op_index)`` pairs.
+    (NB201 cells: :func:`darts_amend.supernet.nb201.derive_nb201`.)"""
+    if space.cell != "darts":
+        raise ValueError(f"space {space.name!r} has {space.cell} cells; use derive_nb201")
+    kept = kept_edges(space, op_weights, edge_weights, reduction=reduction)
+    edges, names = space.edges(), space.edge_op_names(reduction)
+    genes = tuple((names[i][o], edges[i][1]) for i, o in kept)
+    return CellGenotype(genes, space.concat), kept
+
+
+def parameter_free_share(
+    space: SearchSpace, op_weights: dict[str, Tensor | Sequence[Sequence[float]]]
+) -> dict[str, float]:
+    """How parameter-free (:data:`~darts_amend.supernet.operations.PARAMETER_FREE`: none, noise,
+    skip, pools) an architecture is, from the softmax weights of every alpha set.
+
+    - ``pf_share``: over the edges the genotype keeps, the fraction whose top op among *all*
+      candidates (``none`` included) is parameter-free. An edge that ``none`` dominates counts,
+      although DARTS' rule then writes its best other op into the genotype (s3r).
+    - ``pf_share_genotype``: the fraction of the genotype's ops that are parameter-free.
+    In spaces without ``none`` (and in NB201, which keeps ``none``) the two are equal.
+    ``op_weights`` maps cell kind -> ``edges x ops`` weights (tensors or nested lists, as
+    ``metrics.jsonl`` stores them), e.g. :meth:`SearchNetwork.edge_weights`.
+    """
+    kept_pf = genotype_pf = total = 0
+    for kind, w in op_weights.items():
+        w = torch.as_tensor(w, dtype=torch.float64)
+        reduction = kind == "reduce"
+        names = space.edge_op_names(reduction)
+        top = w.argmax(dim=1)
+        for e, o in kept_edges(space, w, reduction=reduction):
+            total += 1
+            kept_pf += names[e][int(top[e])] in PARAMETER_FREE
+            genotype_pf += names[e][o] in PARAMETER_FREE
+    if total == 0:
+        raise ValueError("no alpha sets given")
+    return {"pf_share": kept_pf / total, "pf_share_genotype": genotype_pf / total}
 
 
 class SearchNetwork(nn.Module):
@@ -241,7 +302,13 @@ class SearchNetwork(nn.Module):
         self.auxiliary = auxiliary
         self.auxiliary_weight = float(auxiliary_weight)
         self.criterion: Criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
-        self.op_names: list[str] = list(space.ops)
+        # alpha-column names; with per-edge ops (s1r) the columns are positions ("op0", "op1")
+        # and space.edge_op_names(reduction) names them edge by edge
+        self.op_names: list[str] = (
+            list(space.ops)
+            if space.edge_ops is None
+            else [f"op{i}" for i in range(space.ops_per_edge)]
+        )
         self.cell_kinds: list[str] = space.cell_kinds(layers)
 
         if stem == "cifar":
@@ -277,7 +344,7 @@ class SearchNetwork(nn.Module):
         )
 
         # architecture parameters: alphas (edges x ops) per cell kind, betas (edges) per kind
-        n_kinds, n_edges, n_ops = len(self.cell_kinds), space.num_edges, len(space.ops)
+        n_kinds, n_edges, n_ops = len(self.cell_kinds), space.num_edges, space.ops_per_edge
         self.alphas = nn.ParameterList(
             nn.Parameter(1e-3 * torch.randn(n_edges, n_ops)) for _ in range(n_kinds)
         )
@@ -349,7 +416,10 @@ class SearchNetwork(nn.Module):
     def _derived(self) -> list[tuple[CellGenotype, list[tuple[int, int]]]]:
         op_w = self.edge_weights()
         edge_w = self.edge_normalizers() if self.edge_normalization else {}
-        return [derive_cell(self.space, op_w[k], edge_w.get(k)) for k in self.cell_kinds]
+        return [
+            derive_cell(self.space, op_w[k], edge_w.get(k), reduction=k == "reduce")
+            for k in self.cell_kinds
+        ]
 
     def genotype(self) -> Genotype:
         """The discrete architecture under the space's genotype rule."""
@@ -365,6 +435,10 @@ class SearchNetwork(nn.Module):
             w = F.softmax(self.alphas[self.cell_kinds.index(kind)].detach(), dim=-1)
             out[kind] = [float(w[e, o]) for e, o in kept]
         return out
+
+    def parameter_free_share(self) -> dict[str, float]:
+        """:func:`parameter_free_share` of the current alphas."""
+        return parameter_free_share(self.space, self.edge_weights())
 
 
 def is_converged(net: SearchNetwork, threshold: float = 0.5) -> bool:
@@ -397,13 +471,30 @@ def build_search_network(
     auxiliary: bool = False,
     **kwargs,
 ) -> SearchNetwork:
-    """Build the supernet of a named space (``"darts"``, ``"s1"``, ``"s2"``) or a given one.
+    """Build the supernet of a named space (``"darts"``, ``"s1"``, ``"s2"``, ``"s1r"`` ..
+    ``"s4r"``, ``"nb201"``) or a given one.
 
     ``ops`` replaces the space's operation list, ``layers`` its cell count (default: the
-    space's: 8 for darts / s1, 20 for s2). Extra keyword arguments go to :class:`SearchNetwork`
-    (``auxiliary_weight``, ``stem``, ``criterion``, ``stem_multiplier``).
+    space's: 8 for darts / s1 / s*r, 20 for s2; for nb201 the cells per stage, 5). Extra keyword
+    arguments go to :class:`SearchNetwork` (``auxiliary_weight``, ``stem``, ``criterion``,
+    ``stem_multiplier``). NB201 cells give a
+    :class:`~darts_amend.supernet.nb201.NB201SearchNetwork` (no PC-DARTS options, no auxiliary
+    tower, CIFAR stem only).
     """
     spec = get_space(space, ops=ops, layers=layers)
+    if spec.cell == "nb201":
+        from .nb201 import NB201SearchNetwork
+
+        unsupported = {"partial_channels": partial_channels != 1, "auxiliary": auxiliary,
+                       "edge_normalization": edge_normalization,
+                       "stem": kwargs.pop("stem", "cifar") != "cifar"}
+        bad = [k for k, v in unsupported.items() if v]
+        if bad:
+            raise ValueError(f"the nb201 supernet does not support {', '.join(bad)}")
+        kwargs.pop("auxiliary_weight", None)
+        return NB201SearchNetwork(spec, C=C, num_classes=num_classes, layers=spec.layers,
+                                  in_channels=in_channels, drop_path_prob=drop_path_prob,
+                                  dropout=dropout, **kwargs)
     net = SearchNetwork(
         spec,
         C=C,
