@@ -128,9 +128,7 @@ class Cell(nn.Module):
 class DartsSearchNet(nn.Module):
     """The DARTS search network: ``layers`` cells, 4 nodes each, 8 ops per edge."""
 
-    def __init__(
-        self, C: int = 16, num_classes: int = 10, layers: int = 8, steps: int = 4
-    ) -> None:
+    def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, steps: int = 4) -> None:
         super().__init__()
         self._C, self._num_classes, self._layers, self._steps = C, num_classes, layers, steps
         self._criterion = nn.CrossEntropyLoss()

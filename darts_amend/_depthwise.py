@@ -40,11 +40,12 @@ def _pair(v: Any) -> tuple[int, int]:
 def _input_grad(gy: Tensor, w: Tensor, x_shape: torch.Size, conf: tuple) -> Tensor:
     """d conv2d(x, w) / dx applied to ``gy``: a transposed convolution (differentiable)."""
     stride, padding, dilation, groups = conf
-    out_pad = [
-        x_shape[2 + i]
-        - ((gy.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (w.shape[2 + i] - 1) + 1)
+    # output_padding: the rows a strided convolution dropped, so the result has x's size
+    reach = [
+        (gy.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (w.shape[2 + i] - 1) + 1
         for i in range(2)
     ]
+    out_pad = [x_shape[2 + i] - reach[i] for i in range(2)]
     return F.conv_transpose2d(gy, w, None, stride, padding, out_pad, groups, dilation)
 
 
@@ -58,7 +59,16 @@ class _WeightGrad(torch.autograd.Function):
         ctx.conf = conf
         stride, padding, dilation, groups = conf
         return _aten.convolution_backward(
-            gy, x, w, None, stride, padding, dilation, False, [0, 0], groups,
+            gy,
+            x,
+            w,
+            None,
+            stride,
+            padding,
+            dilation,
+            False,
+            [0, 0],
+            groups,
             [False, True, False],
         )[1]
 

@@ -210,8 +210,16 @@ class _Cost:
         if self.chunks > 1:
             _warn_if_coupled(net, f"chunks={self.chunks}")
         return second_order_products(
-            net, batch, loss_fn, alphas, weights, mode=mode, r=r, chunks=self.chunks,
-            fast_depthwise=self.fast_depthwise, base=base,
+            net,
+            batch,
+            loss_fn,
+            alphas,
+            weights,
+            mode=mode,
+            r=r,
+            chunks=self.chunks,
+            fast_depthwise=self.fast_depthwise,
+            base=base,
         )
 
 

@@ -375,7 +375,8 @@ def split_batch(batch: Batch, chunks: int) -> list[tuple[Batch, float]]:
     parts, start = [], 0
     for k in range(chunks):
         stop = start + n // chunks + (1 if k < n % chunks else 0)
-        parts.append(((_slice(batch[0], start, stop), _slice(batch[1], start, stop)), (stop - start) / n))
+        part = (_slice(batch[0], start, stop), _slice(batch[1], start, stop))
+        parts.append((part, (stop - start) / n))
         start = stop
     return parts
 
@@ -460,7 +461,8 @@ def _difference(
         with torch.no_grad():
             for p, b, d in zip(move, saved, direction, strict=True):
                 p.copy_(b).add_(d, alpha=scale)
-        return _accumulated_grads(net, parts, loss_fn, targets, "training loss (finite difference)")[1]
+        what = "training loss (finite difference)"
+        return _accumulated_grads(net, parts, loss_fn, targets, what)[1]
 
     try:
         plus = grads_at(step)
@@ -561,9 +563,7 @@ def second_order_products(
         return products
     if len(parts) == 1:
         # g_w = grad_w L with its graph: H u = grad_w <g_w, u>, B u = grad_alpha <g_w, u>
-        loss, g_w = _gradient_graph(
-            net, batch, loss_fn, weights, "training loss", fast_depthwise
-        )
+        loss, g_w = _gradient_graph(net, batch, loss_fn, weights, "training loss", fast_depthwise)
 
         def hvp(u: TensorList) -> TensorList:
             return _graph_product(g_w, weights, u, retain=True)
