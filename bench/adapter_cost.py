@@ -36,6 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _support():
+    """tests/test_adapters_support.py as a module (it imports tests/helpers.py)."""
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
     spec = importlib.util.spec_from_file_location(
         "adapter_support", ROOT / "tests" / "test_adapters_support.py"
     )
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 grads = support.upstream_second_order_grads(
                     net, xt, yt, xv, yv, lr, opt, args.momentum, args.weight_decay
                 )
-                for a, g in zip(net.arch_parameters(), grads):
+                for a, g in zip(net.arch_parameters(), grads, strict=True):
                     a.grad = g
             else:
                 net._loss(xv, yv).backward()

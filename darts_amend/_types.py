@@ -18,6 +18,6 @@ LossFn = Callable[[nn.Module, Any, Any], Tensor]
 #: A matrix-vector product on tensor lists, ``u -> M u``.
 Matvec = Callable[[TensorList], TensorList]
 #: How second-order products are computed.
-Mode = Literal["exact", "finite_difference"]
+Mode = Literal["exact", "finite_difference", "forward_difference"]
 #: The valid values of :data:`Mode`.
-MODES: tuple[str, ...] = ("exact", "finite_difference")
+MODES: tuple[str, ...] = ("exact", "finite_difference", "forward_difference")

@@ -35,6 +35,7 @@ from .hvp import (
     _check_mode,
     _evaluate,
     _grad,
+    _warn_if_coupled,
     check_batch,
     list_cosine,
     list_dot,
@@ -43,6 +44,7 @@ from .hvp import (
     resolve_loss,
     second_order_products,
     split_parameters,
+    take_batch,
     unwrap_model,
 )
 
@@ -156,6 +158,72 @@ def _count(name: str, value: Any) -> int:
     return value
 
 
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"invalid {name}: {value!r} (must be True or False)")
+    return value
+
+
+def _sub_batch(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"invalid {name}: {value!r} (must be None, the whole training batch, or an "
+            "integer >= 1, the number of training samples the second-order products use)"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class _Cost:
+    """The cost options shared by every estimator with second-order products."""
+
+    chunks: int = 1
+    second_order_batch: int | None = None
+    fast_depthwise: bool = True
+
+    @classmethod
+    def check(cls, chunks: Any, second_order_batch: Any, fast_depthwise: Any) -> _Cost:
+        return cls(
+            _count("chunks", chunks),
+            _sub_batch("second_order_batch", second_order_batch),
+            _flag("fast_depthwise", fast_depthwise),
+        )
+
+    def products(
+        self,
+        net: nn.Module,
+        train_batch: Batch,
+        loss_fn: LossFn,
+        alphas: TensorList,
+        weights: TensorList,
+        mode: str,
+        r: float,
+        base: Any = None,
+    ):
+        """:func:`second_order_products` on the first ``second_order_batch`` samples, in
+        ``chunks`` micro-batches."""
+        batch = train_batch
+        if self.second_order_batch is not None:
+            batch = take_batch(train_batch, self.second_order_batch)
+            base = None  # the base gradients were taken on the whole batch
+        if self.chunks > 1:
+            _warn_if_coupled(net, f"chunks={self.chunks}")
+        return second_order_products(
+            net,
+            batch,
+            loss_fn,
+            alphas,
+            weights,
+            mode=mode,
+            r=r,
+            chunks=self.chunks,
+            fast_depthwise=self.fast_depthwise,
+            base=base,
+        )
+
+
 def _combine(g1: Sequence[Tensor], g2: Sequence[Tensor]) -> tuple[Tensor, ...]:
     return tuple(a + b for a, b in zip(g1, g2, strict=True))
 
@@ -237,17 +305,19 @@ def _with_second_term(
     r: float,
     apply: Callable[[Matvec, TensorList], TensorList],
     scale: float = 1.0,
+    cost: _Cost = _Cost(),
 ) -> Hypergradient:
     """``g = g1 + g2`` with ``g2 = -scale * B apply(H, v)``, everything at the current w.
 
     ``apply(hvp, v)`` is ``H v`` for amended (``scale = eta``) and ``x ~ H^-1 v`` for the
     implicit estimators (``scale = 1``). In exact mode H and B share one ``create_graph``
-    backward on the training batch (:func:`darts_amend.hvp.second_order_products`).
+    backward on the training batch (:func:`darts_amend.hvp.second_order_products`); ``cost``
+    selects micro-batches and a sub-batch for the products.
     """
     net, alphas, weights, loss_fn = prepared
-    with preserve_state(net, parameters=(mode == "finite_difference")):
+    with preserve_state(net, parameters=(mode != "exact")):
         val_loss, g1, v = _val_pass(net, valid_batch, loss_fn, alphas, weights)
-        products = second_order_products(net, train_batch, loss_fn, alphas, weights, mode=mode, r=r)
+        products = cost.products(net, train_batch, loss_fn, alphas, weights, mode, r)
         bx = products.mixed(apply(products.hvp, v))
     g2 = tuple(-scale * t for t in bx)
     return Hypergradient(
@@ -267,6 +337,9 @@ def amended(
     eta: float = 0.1,
     mode: str = "exact",
     r: float = 0.01,
+    chunks: int = 1,
+    second_order_batch: int | None = None,
+    fast_depthwise: bool = True,
 ) -> Hypergradient:
     """Amended-DARTS (eq. 7): ``g = g1 + g2'`` with ``g2' = -eta * B H v`` at the current w.
 
@@ -274,9 +347,26 @@ def amended(
     one ``create_graph`` backward on the training batch give grad_w L_train with its graph, from
     which H v and then B (H v) are two double-backward passes (the second only w.r.t. alphas).
     ``eta = 0`` is first-order DARTS (the second-order part is skipped).
+
+    Cost options (every estimator with second-order products has them):
+
+    * ``mode="forward_difference"``: one-sided differences, 4 forward/backward passes in all
+      (central ``"finite_difference"``: 5), error O(r) instead of O(r^2);
+    * ``chunks=K``: H v and B (H v) accumulated over K micro-batches of the training batch, one
+      double-backward graph alive at a time (peak memory of the products ~1/K; in exact mode one
+      extra forward + ``create_graph`` backward over the batch). The same numbers up to round-off
+      when the loss is a mean over independent samples; with BatchNorm in training mode each
+      micro-batch is normalised with its own statistics (a different, ghost-batch-norm
+      estimator: a warning says so);
+    * ``second_order_batch=M``: H and B on the first M samples of the training batch only (g1
+      and v keep the whole validation batch): cheaper, and a different, noisier estimator of
+      the same quantity -- never the default;
+    * ``fast_depthwise`` (exact mode): grouped convolutions take a cheaper double backward
+      (:mod:`darts_amend._depthwise`; same values up to round-off). ``False`` keeps PyTorch's.
     """
     eta = _number("eta", eta)
     _check_mode(mode, r)
+    cost = _Cost.check(chunks, second_order_batch, fast_depthwise)
     prepared = _prepare(model, train_batch, valid_batch, loss_fn)
     if eta == 0.0:
         val_loss, g1 = _first_order_pass(prepared, valid_batch)
@@ -284,7 +374,7 @@ def amended(
         return Hypergradient(grads=g1, terms={"g1": g1, "g2": g2}, val_loss=val_loss)
     # g2' = -eta * B (H v)
     return _with_second_term(
-        prepared, train_batch, valid_batch, mode, r, lambda hvp, v: hvp(v), scale=eta
+        prepared, train_batch, valid_batch, mode, r, lambda hvp, v: hvp(v), scale=eta, cost=cost
     )
 
 
@@ -300,6 +390,9 @@ def unrolled(
     weight_decay: float = 0.0,
     mode: str = "exact",
     r: float = 0.01,
+    chunks: int = 1,
+    second_order_batch: int | None = None,
+    fast_depthwise: bool = True,
 ) -> Hypergradient:
     """Second-order DARTS, as upstream (quark0/darts) and the DARTS paper compute it.
 
@@ -307,7 +400,10 @@ def unrolled(
     g = grad_alpha L_val(w') - xi * B(w) v with v = grad_w L_val(w'); B is taken at w.
     ``xi`` is the weight learning rate (required); ``momentum_buffers`` is a list aligned with
     the weights (entries may be None) holding the weight optimizer's momentum, passed explicitly.
-    ``mode="finite_difference"`` is upstream's central difference with R = r / ||v||.
+    ``mode="finite_difference"`` is upstream's central difference with R = r / ||v||;
+    ``"forward_difference"`` reuses the training gradient at w (3 passes instead of 4). The cost
+    options ``chunks``, ``second_order_batch`` and ``fast_depthwise`` act on the B v product as
+    in :func:`amended`.
     """
     if xi is None:
         raise ValueError("unrolled needs xi, the learning rate of the weight optimizer")
@@ -315,12 +411,17 @@ def unrolled(
     momentum = _number("momentum", momentum)
     weight_decay = _number("weight_decay", weight_decay)
     _check_mode(mode, r)
+    cost = _Cost.check(chunks, second_order_batch, fast_depthwise)
     net, alphas, weights, loss_fn = _prepare(model, train_batch, valid_batch, loss_fn)
     buffers = _check_buffers(momentum_buffers, weights)
+    # forward differences reuse this pass's gradients at w as their base
+    reuse = mode == "forward_difference" and cost.second_order_batch is None and cost.chunks == 1
     with preserve_state(net, parameters=True) as restore:
         train_loss = _evaluate(loss_fn, net, train_batch, "training loss")
         _check_finite(train_loss, "training loss")
-        grad_w = _grad(train_loss, weights)
+        grads = [g.detach() for g in _grad(train_loss, weights + alphas if reuse else weights)]
+        grad_w = grads[: len(weights)]
+        base = (train_loss, grad_w, grads[len(weights) :]) if reuse else None
         with torch.no_grad():  # w <- w' in place (restored below, bit-exactly)
             for w, g, buf in zip(weights, grad_w, buffers, strict=True):
                 step = g + weight_decay * w
@@ -329,9 +430,7 @@ def unrolled(
                 w.sub_(xi * step)
         val_loss, g1, v = _val_pass(net, valid_batch, loss_fn, alphas, weights)
         restore()  # back to w: B is taken at w
-        bv = second_order_products(
-            net, train_batch, loss_fn, alphas, weights, mode=mode, r=r
-        ).mixed(v)
+        bv = cost.products(net, train_batch, loss_fn, alphas, weights, mode, r, base).mixed(v)
     g2 = tuple(-xi * t for t in bv)
     return Hypergradient(
         grads=_combine(g1, g2),
@@ -373,6 +472,9 @@ def implicit_cg(
     tol: float = 1e-12,
     mode: str = "exact",
     r: float = 0.01,
+    chunks: int = 1,
+    second_order_batch: int | None = None,
+    fast_depthwise: bool = True,
 ) -> Hypergradient:
     """Implicit-function gradient with ``(H + damping I) x = v`` solved by ``iterations`` steps
     of conjugate gradient: ``g = g1 - B x`` (converges to g1 - B H^-1 v at an inner optimum)."""
@@ -380,6 +482,7 @@ def implicit_cg(
     damping = _number("damping", damping)
     tol = _number("tol", tol)
     _check_mode(mode, r)
+    cost = _Cost.check(chunks, second_order_batch, fast_depthwise)
 
     def solve(hvp: Matvec, v: TensorList) -> TensorList:
         damped = (
@@ -390,7 +493,8 @@ def implicit_cg(
         return conjugate_gradient(damped, v, iterations, tol=tol)
 
     prepared = _prepare(model, train_batch, valid_batch, loss_fn)
-    return _with_second_term(prepared, train_batch, valid_batch, mode, r, solve)  # x ~ H^-1 v
+    # x ~ H^-1 v
+    return _with_second_term(prepared, train_batch, valid_batch, mode, r, solve, cost=cost)
 
 
 def implicit_neumann(
@@ -403,6 +507,9 @@ def implicit_neumann(
     gamma: float = 0.01,
     mode: str = "exact",
     r: float = 0.01,
+    chunks: int = 1,
+    second_order_batch: int | None = None,
+    fast_depthwise: bool = True,
 ) -> Hypergradient:
     """iDARTS-style Neumann series: ``H^-1 v ~ gamma * sum_{j<terms} (I - gamma H)^j v``,
     ``g = g1 - B x``. Converges when ``0 < gamma < 2 / lambda_max(H)`` and H is positive
@@ -410,6 +517,7 @@ def implicit_neumann(
     terms = _count("terms", terms)
     gamma = _number("gamma", gamma, strict=True)
     _check_mode(mode, r)
+    cost = _Cost.check(chunks, second_order_batch, fast_depthwise)
     prepared = _prepare(model, train_batch, valid_batch, loss_fn)
     return _with_second_term(
         prepared,
@@ -418,6 +526,7 @@ def implicit_neumann(
         mode,
         r,
         lambda hvp, v: neumann_series(hvp, v, terms, gamma),  # x ~ H^-1 v
+        cost=cost,
     )
 
 
@@ -458,6 +567,9 @@ _OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "terms": _count,
     "mode": _check_mode_r,
     "r": _check_mode_r,
+    "chunks": _count,
+    "second_order_batch": _sub_batch,
+    "fast_depthwise": _flag,
 }
 
 

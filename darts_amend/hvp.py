@@ -5,13 +5,20 @@ Notation (docs/math.md): for a loss L(w, alpha) on one batch,
     H u = grad_w <grad_w L, u>          (u aligned with the weights)
     B u = grad_alpha <grad_w L, u>      (u aligned with the weights, result aligned with alphas)
 
-Two modes:
+Three modes:
 
 * ``"exact"``: reverse-over-reverse (double backward). In ReLU networks this is the Hessian
-  almost everywhere (each ReLU is treated as locally linear).
+  almost everywhere (each ReLU is treated as locally linear). Grouped (depthwise) convolutions
+  take a cheaper double-backward path (:mod:`darts_amend._depthwise`).
 * ``"finite_difference"``: central differences of the gradient at ``w +- R u`` with
   ``R = r / ||u||`` (DARTS uses r = 0.01). Memory-light; on ReLU networks it is a different,
   kink-smoothed estimate, not a cheaper copy of the exact product (DESIGN.md 2.1).
+* ``"forward_difference"``: one-sided differences ``(g(w + R u) - g(w)) / R``, error O(R)
+  instead of O(R^2); the gradient at w is shared by all products of one point, so each product
+  costs one forward/backward instead of two.
+
+Products can be accumulated over micro-batches (``chunks``), which bounds memory; that is exact
+only for losses that are a mean over independent samples (:func:`split_batch`).
 
 Every function leaves parameters and buffers (BatchNorm running statistics) bit-exactly as it
 found them, also when the loss raises, and never writes ``.grad``.
@@ -22,19 +29,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._depthwise import fast_grouped_conv
 from ._types import MODES, Batch, LossFn, Matvec, TensorList
 
 __all__ = [
     "MODES",
     "NonFiniteLossError",
     "Products",
+    "batch_size",
     "check_batch",
     "hessian_matvec",
     "hessian_vector_product",
@@ -45,7 +56,9 @@ __all__ = [
     "preserve_state",
     "resolve_loss",
     "second_order_products",
+    "split_batch",
     "split_parameters",
+    "take_batch",
     "unwrap_model",
 ]
 
@@ -327,17 +340,93 @@ def preserve_state(
 # --------------------------------------------------------------------------- products
 
 
-class Products(NamedTuple):
+@dataclass
+class Products:
     """Second-order products of one training loss at the current point.
 
     ``hvp(u) = H u`` (u, result aligned with the weights); ``mixed(u) = B u`` (u aligned with the
     weights, result aligned with the alphas); ``loss`` is the detached loss at the current point
-    (``None`` in finite-difference mode, which never evaluates it there).
+    once a product has evaluated it there (``None`` in central-difference mode, which never
+    does).
     """
 
     hvp: Matvec
     mixed: Callable[..., TensorList]
-    loss: Tensor | None
+    loss: Tensor | None = None
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def batch_size(batch: Batch) -> int:
+    """The number of samples of a batch: the shared first dimension of its tensors."""
+    sizes = {t.shape[0] for t in _tensors(batch) if t.dim() > 0}
+    if len(sizes) != 1:
+        raise ValueError(
+            "cannot split the batch into samples: its tensors must share their first "
+            f"(sample) dimension, got sizes {sorted(sizes) or 'none'}"
+        )
+    return sizes.pop()
+
+
+def _slice(obj: Any, start: int, stop: int) -> Any:
+    if isinstance(obj, Tensor):
+        return obj[start:stop] if obj.dim() > 0 else obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_slice(item, start, stop) for item in obj)
+    if isinstance(obj, dict):
+        return {k: _slice(v, start, stop) for k, v in obj.items()}
+    return obj
+
+
+def take_batch(batch: Batch, samples: int) -> Batch:
+    """The first ``samples`` samples of a batch (all of it when it is not larger)."""
+    n = batch_size(batch)
+    return batch if samples >= n else (_slice(batch[0], 0, samples), _slice(batch[1], 0, samples))
+
+
+def split_batch(batch: Batch, chunks: int) -> list[tuple[Batch, float]]:
+    """``chunks`` consecutive micro-batches of near-equal size (at most one per sample), each
+    with its share ``n_k / n`` of the samples: for a loss that is the mean over samples,
+    ``L = sum_k share_k * L_k``."""
+    if chunks <= 1:
+        return [(batch, 1.0)]
+    n = batch_size(batch)
+    chunks = min(chunks, n)
+    parts, start = [], 0
+    for k in range(chunks):
+        stop = start + n // chunks + (1 if k < n % chunks else 0)
+        part = (_slice(batch[0], start, stop), _slice(batch[1], start, stop))
+        parts.append((part, (stop - start) / n))
+        start = stop
+    return parts
+
+
+def _coupled_batchnorm(net: nn.Module) -> list[str]:
+    """Names of BatchNorm modules in training mode (their batch statistics couple samples)."""
+    return [
+        name or type(net).__name__
+        for name, m in net.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+    ]
+
+
+def _warn_if_coupled(net: nn.Module, what: str) -> None:
+    """Warn that micro-batches change the loss when BatchNorm normalises with batch statistics."""
+    coupled = _coupled_batchnorm(net)
+    if coupled:
+        warnings.warn(
+            f"{what}: {len(coupled)} BatchNorm module(s) in training mode (e.g. {coupled[0]!r}) "
+            "normalise each micro-batch with its own statistics, so the products are those of "
+            "a ghost-batch-norm loss, not the full-batch products (a different estimator; "
+            "exact only for losses that are a mean over independent samples, e.g. BatchNorm "
+            "in eval mode or no BatchNorm)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+# --------------------------------------------------------------------------- products
 
 
 def _fd_step(direction: Sequence[Tensor], r: float) -> float | None:
@@ -347,46 +436,82 @@ def _fd_step(direction: Sequence[Tensor], r: float) -> float | None:
     return None if norm == 0.0 else r / norm
 
 
-def _central_difference(
+def _accumulated_grads(
     net: nn.Module,
-    batch: Batch,
+    parts: Sequence[tuple[Batch, float]],
+    loss_fn: LossFn,
+    targets: Sequence[Tensor],
+    what: str,
+) -> tuple[Tensor, TensorList]:
+    """``(L, grad_targets L)`` detached, with ``L = sum_k share_k L_k`` over the micro-batches
+    (one forward/backward per micro-batch, so only one graph is alive at a time)."""
+    total: Tensor | None = None
+    acc: TensorList | None = None
+    for batch, share in parts:
+        loss = _evaluate(loss_fn, net, batch, "training loss")
+        _check_finite(loss, what)
+        grads = [g.detach() for g in _grad(loss, targets)]
+        if share != 1.0:
+            grads = [share * g for g in grads]
+            loss = share * loss
+        total = loss.detach() if total is None else total + loss.detach()
+        acc = grads if acc is None else [a + g for a, g in zip(acc, grads, strict=True)]
+    assert total is not None and acc is not None
+    return total, acc
+
+
+def _difference(
+    net: nn.Module,
+    parts: Sequence[tuple[Batch, float]],
     loss_fn: LossFn,
     move: Sequence[Tensor],
     direction: Sequence[Tensor],
     targets: Sequence[Tensor],
     r: float,
+    base: TensorList | None = None,
 ) -> TensorList:
-    """(grad_targets L(move + R d) - grad_targets L(move - R d)) / 2R with R = r / ||d||."""
+    """Finite difference of ``grad_targets L`` along ``direction`` in ``move``, R = r / ||d||:
+    central, (g(move + R d) - g(move - R d)) / 2R, or, given ``base`` = g(move), forward,
+    (g(move + R d) - base) / R."""
     step = _fd_step(direction, r)
     if step is None:
         return [torch.zeros_like(t) for t in targets]
-    base = [p.detach().clone() for p in move]
+    saved = [p.detach().clone() for p in move]
 
     def grads_at(scale: float) -> TensorList:
         with torch.no_grad():
-            for p, b, d in zip(move, base, direction, strict=True):
+            for p, b, d in zip(move, saved, direction, strict=True):
                 p.copy_(b).add_(d, alpha=scale)
-        loss = _evaluate(loss_fn, net, batch, "training loss")
-        _check_finite(loss, "training loss (finite difference)")
-        return [g.detach() for g in _grad(loss, targets)]
+        what = "training loss (finite difference)"
+        return _accumulated_grads(net, parts, loss_fn, targets, what)[1]
 
     try:
         plus = grads_at(step)
+        if base is not None:
+            return [(a - b) / step for a, b in zip(plus, base, strict=True)]
         minus = grads_at(-step)
     finally:
         with torch.no_grad():
-            for p, b in zip(move, base, strict=True):
+            for p, b in zip(move, saved, strict=True):
                 p.copy_(b)
     return [(a - b) / (2.0 * step) for a, b in zip(plus, minus, strict=True)]
 
 
 def _gradient_graph(
-    net: nn.Module, batch: Batch, loss_fn: LossFn, params: Sequence[Tensor], what: str
+    net: nn.Module,
+    batch: Batch,
+    loss_fn: LossFn,
+    params: Sequence[Tensor],
+    what: str,
+    fast_depthwise: bool = True,
 ) -> tuple[Tensor, TensorList]:
     """One forward and one ``create_graph`` backward: ``(loss, grad_params L)``, the gradient
     still carrying its graph, so that each product ``grad_x <grad_params L, u>`` is one double
-    backward (:func:`_graph_product`). Raises :class:`NonFiniteLossError` for a nan/inf loss."""
-    loss = _evaluate(loss_fn, net, batch, what)
+    backward (:func:`_graph_product`). The forward runs under
+    :func:`darts_amend._depthwise.fast_grouped_conv` unless ``fast_depthwise`` is False.
+    Raises :class:`NonFiniteLossError` for a nan/inf loss."""
+    with fast_grouped_conv(fast_depthwise):
+        loss = _evaluate(loss_fn, net, batch, what)
     _check_finite(loss, what)
     return loss, _grad(loss, params, create_graph=True)
 
@@ -408,33 +533,87 @@ def second_order_products(
     *,
     mode: str = "exact",
     r: float = 0.01,
+    chunks: int = 1,
+    fast_depthwise: bool = True,
+    base: tuple[Tensor, TensorList, TensorList] | None = None,
 ) -> Products:
     """H u and B u of ``loss_fn`` on ``batch`` at the current point, as closures.
 
-    Exact mode runs one forward and one ``create_graph`` backward now; every ``hvp`` and the
-    ``mixed`` product then reuse that graph (one double backward each). Call ``mixed(u)`` last, or
-    pass ``retain=True`` to keep the graph. Finite-difference mode costs two forward/backward
-    passes per product. The caller restores buffers (``preserve_state``).
+    ``mode="exact"``, ``chunks=1``: one forward and one ``create_graph`` backward now; every
+    ``hvp`` and the ``mixed`` product then reuse that graph (one double backward each). Call
+    ``mixed(u)`` last, or pass ``retain=True`` to keep the graph.
+
+    ``chunks=K``: every product is accumulated over K micro-batches, ``sum_k (n_k/n) P_k u``,
+    one graph alive at a time (peak memory ~1/K of the graph), the same numbers as one batch up
+    to round-off when the loss is the mean of independent per-sample losses (not with BatchNorm
+    in training mode: the caller warns). In exact mode each product then rebuilds the graphs
+    (one extra forward + ``create_graph`` backward over the batch per product).
+
+    ``"finite_difference"``: two forward/backward passes per product (central differences).
+    ``"forward_difference"``: one per product, plus one shared pass at the current point that
+    gives the base gradients of both products (pass it as ``base = (loss, grad_w, grad_alpha)``
+    when the caller has it). The caller restores parameters and buffers (``preserve_state``).
     """
     _check_mode(mode, r)
-    if mode == "finite_difference":
-        return Products(
-            hvp=lambda u: _central_difference(net, batch, loss_fn, weights, u, weights, r),
-            mixed=lambda u, retain=False: _central_difference(
-                net, batch, loss_fn, weights, u, alphas, r
-            ),
-            loss=None,
-        )
-    # g_w = grad_w L with its graph: H u = grad_w <g_w, u>, B u = grad_alpha <g_w, u>
-    loss, g_w = _gradient_graph(net, batch, loss_fn, weights, "training loss")
+    parts = split_batch(batch, chunks)
+    if mode in ("finite_difference", "forward_difference"):
+        products = Products(hvp=lambda u: [], mixed=lambda u, retain=False: [])
+        cache: list[tuple[TensorList, TensorList]] = []
+        if base is not None:
+            products.loss = base[0].detach()
+            cache.append(([g.detach() for g in base[1]], [g.detach() for g in base[2]]))
 
-    def hvp(u: TensorList) -> TensorList:
-        return _graph_product(g_w, weights, u, retain=True)
+        def base_grads() -> tuple[TensorList, TensorList] | tuple[None, None]:
+            if mode == "finite_difference":
+                return None, None
+            if not cache:  # grad_w and grad_alpha at w from one pass
+                loss, grads = _accumulated_grads(
+                    net, parts, loss_fn, list(weights) + list(alphas), "training loss"
+                )
+                products.loss = loss
+                cache.append((grads[: len(weights)], grads[len(weights) :]))
+            return cache[0]
 
-    def mixed(u: TensorList, retain: bool = False) -> TensorList:
-        return _graph_product(g_w, alphas, u, retain=retain)
+        def fd_hvp(u: TensorList) -> TensorList:
+            return _difference(net, parts, loss_fn, weights, u, weights, r, base_grads()[0])
 
-    return Products(hvp=hvp, mixed=mixed, loss=loss.detach())
+        def fd_mixed(u: TensorList, retain: bool = False) -> TensorList:
+            return _difference(net, parts, loss_fn, weights, u, alphas, r, base_grads()[1])
+
+        products.hvp, products.mixed = fd_hvp, fd_mixed
+        return products
+    if len(parts) == 1:
+        # g_w = grad_w L with its graph: H u = grad_w <g_w, u>, B u = grad_alpha <g_w, u>
+        loss, g_w = _gradient_graph(net, batch, loss_fn, weights, "training loss", fast_depthwise)
+
+        def hvp(u: TensorList) -> TensorList:
+            return _graph_product(g_w, weights, u, retain=True)
+
+        def mixed(u: TensorList, retain: bool = False) -> TensorList:
+            return _graph_product(g_w, alphas, u, retain=retain)
+
+        return Products(hvp=hvp, mixed=mixed, loss=loss.detach())
+
+    products = Products(hvp=lambda u: [], mixed=lambda u, retain=False: [])
+
+    def chunked(u: TensorList, targets: Sequence[Tensor]) -> TensorList:
+        acc: TensorList | None = None
+        total: Tensor | None = None
+        for part, share in parts:
+            loss, g_w = _gradient_graph(
+                net, part, loss_fn, weights, "training loss", fast_depthwise
+            )
+            p = [share * t for t in _graph_product(g_w, targets, u, retain=False)]
+            del g_w  # free this micro-batch's graph before the next one is built
+            acc = p if acc is None else [a + t for a, t in zip(acc, p, strict=True)]
+            total = share * loss.detach() if total is None else total + share * loss.detach()
+        products.loss = total
+        assert acc is not None
+        return acc
+
+    products.hvp = lambda u: chunked(u, weights)
+    products.mixed = lambda u, retain=False: chunked(u, alphas)
+    return products
 
 
 def _check_mode(mode: str, r: float) -> None:
@@ -472,9 +651,13 @@ def hessian_vector_product(
     _check_mode(mode, r)
     net, params, loss_fn = _prepare_wrt(model, batch, wrt, loss_fn)
     u = _check_vector(vector, params, "vector", wrt)
-    if mode == "finite_difference":
+    if mode != "exact":
+        parts = [(batch, 1.0)]
         with preserve_state(net, parameters=True):
-            return _central_difference(net, batch, loss_fn, params, u, params, r)
+            base = None
+            if mode == "forward_difference":
+                base = _accumulated_grads(net, parts, loss_fn, params, "loss")[1]
+            return _difference(net, parts, loss_fn, params, u, params, r, base)
     with preserve_state(net, parameters=False):
         _, grads = _gradient_graph(net, batch, loss_fn, params, "loss")
         return _graph_product(grads, params, u, retain=False)
@@ -537,5 +720,5 @@ def mixed_vector_product(
     u = _check_vector(vector, weights, "vector", "weights")
     check_batch(batch, "batch", alphas[0].device)
     loss_fn = resolve_loss(loss_fn)
-    with preserve_state(net, parameters=(mode == "finite_difference")):
+    with preserve_state(net, parameters=(mode != "exact")):
         return second_order_products(net, batch, loss_fn, alphas, weights, mode=mode, r=r).mixed(u)

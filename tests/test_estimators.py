@@ -375,7 +375,8 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_estimator_options_and_write_grads():
-    assert estimator_options("amended") == {"eta": 0.1, "mode": "exact", "r": 0.01}
+    cost = {"chunks": 1, "second_order_batch": None, "fast_depthwise": True}
+    assert estimator_options("amended") == {"eta": 0.1, "mode": "exact", "r": 0.01, **cost}
     assert set(estimator_options("unrolled")) == {
         "xi",
         "momentum",
@@ -383,6 +384,7 @@ def test_estimator_options_and_write_grads():
         "weight_decay",
         "mode",
         "r",
+        *cost,
     }
     model, tb, vb = _mlp()
     res = amended(model, tb, vb)

@@ -14,7 +14,12 @@ fixed at (0.5, 0.999)). Added, all optional (absent or ``None`` = default):
 * ``amend_estimator``: ``amended`` (default), ``first_order``, ``unrolled``, ``implicit_cg``,
   ``implicit_neumann``;
 * ``amend_eta``: the amending coefficient of ``amended`` (default 0.1; 0 = first-order DARTS);
-* ``amend_mode``: ``exact`` (default) or ``finite_difference`` for the Hessian products.
+* ``amend_mode``: ``exact`` (default), ``finite_difference`` (central, upstream's) or
+  ``forward_difference`` (one-sided, one pass fewer) for the Hessian products;
+* ``amend_chunks``: accumulate the Hessian products over this many micro-batches (less memory;
+  the same numbers only without train-mode BatchNorm, see ``amended``);
+* ``amend_second_order_batch``: compute the Hessian products on this many training samples
+  (cheaper, a different and noisier estimator).
 
 ``unrolled`` (the loop's flag) must agree with the estimator: ``unrolled=True`` means
 second-order DARTS, which is ``amend_estimator=unrolled``; then ``eta`` is its xi (the weight
@@ -41,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from ..architect import AmendedArchitect
-from ..estimators import ESTIMATORS, _number
+from ..estimators import ESTIMATORS, _count, _number, _sub_batch
 from ..hvp import MODES, split_parameters, unwrap_model
 
 __all__ = ["UpstreamArchitect", "read_amend_options"]
@@ -78,18 +83,27 @@ def read_amend_options(args: Any) -> tuple[str, dict[str, Any]]:
             f"amend_eta={eta!r} is only used by amend_estimator 'amended', not {estimator!r}"
         )
     mode = getattr(args, "amend_mode", None)
-    if mode is not None:
-        if mode not in MODES:
-            raise ValueError(f"invalid amend_mode {mode!r}; expected one of {', '.join(MODES)}")
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"invalid amend_mode {mode!r}; expected one of {', '.join(MODES)}")
+    # flags of the Hessian products: (args field, estimator option, value check)
+    product_flags = (
+        ("amend_mode", "mode", lambda name, v: v),
+        ("amend_chunks", "chunks", _count),
+        ("amend_second_order_batch", "second_order_batch", _sub_batch),
+    )
+    for flag, option, check in product_flags:
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
         if estimator == "first_order":
             raise ValueError(
-                "amend_mode does nothing for amend_estimator 'first_order' (no Hessian products)"
+                f"{flag} does nothing for amend_estimator 'first_order' (no Hessian products)"
             )
         if estimator == "amended" and options["eta"] == 0.0:
             raise ValueError(
-                "amend_mode does nothing with amend_eta=0 (first-order DARTS: no Hessian products)"
+                f"{flag} does nothing with amend_eta=0 (first-order DARTS: no Hessian products)"
             )
-        options["mode"] = mode
+        options[option] = check(flag, value)
     return estimator, options
 
 

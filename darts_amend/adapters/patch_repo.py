@@ -240,7 +240,8 @@ def dropin_text(flavor: str) -> str:
         "\n"
         "Flags read from args: --amend_eta (amending coefficient, default 0.1; 0 = first-order\n"
         "DARTS), --amend_estimator (default amended; `unrolled` together with --unrolled is\n"
-        "second-order DARTS), --amend_mode (exact | finite_difference).\n"
+        "second-order DARTS), --amend_mode (exact | finite_difference | forward_difference),\n"
+        "--amend_chunks K and --amend_second_order_batch M (cost of the Hessian products).\n"
         "Needs `pip install darts-amend`.\n"
         '"""\n'
         f"from darts_amend.adapters.{f.module} import Architect\n"
@@ -262,8 +263,13 @@ def flags_block(indent: str = "") -> str:
         f"parser.add_argument('--amend_estimator', type=str, default=None, choices=[{choices}], "
         "help='hypergradient estimator (default amended)')",
         "parser.add_argument('--amend_mode', type=str, default=None, "
-        "choices=['exact', 'finite_difference'], "
-        "help='Hessian products: exact (double backward, default) or finite_difference')",
+        "choices=['exact', 'finite_difference', 'forward_difference'], "
+        "help='Hessian products: exact (double backward, default), finite_difference (central) "
+        "or forward_difference (one-sided, one pass fewer)')",
+        "parser.add_argument('--amend_chunks', type=int, default=None, "
+        "help='accumulate the Hessian products over K micro-batches (less memory)')",
+        "parser.add_argument('--amend_second_order_batch', type=int, default=None, "
+        "help='Hessian products on the first M training samples only (cheaper, noisier)')",
         FLAGS_END,
     ]
     return "".join(f"{indent}{line}\n" for line in lines)

@@ -189,6 +189,9 @@ def _validate_search(cfg: SearchConfig, world: int) -> None:
         raise CLIError(f"invalid --eta {cfg.eta} (must be >= 0)")
     if cfg.arch_learning_rate <= 0:
         raise CLIError(f"invalid --arch_learning_rate {cfg.arch_learning_rate}")
+    if cfg.hvp_chunks < 1 or cfg.second_order_batch < 0:
+        raise CLIError(f"invalid --amend_chunks {cfg.hvp_chunks} (must be >= 1) or "
+                       f"--amend_second_order_batch {cfg.second_order_batch} (must be >= 0)")
     if cfg.until_converged < 0 or cfg.diag_every < 0:
         raise CLIError("--until-converged and --diag_every must be >= 0")
     if cfg.early_stop:

@@ -75,10 +75,19 @@ class SearchConfig:
     grad_clip: float = _f(5.0, "gradient norm clip of the weights (0 = off)")
     estimator: str = _f("amended", "hypergradient estimator", choices=ESTIMATOR_NAMES)
     eta: float = _f(0.1, "amending coefficient (estimator amended)", alias="--amend_eta")
-    hvp_mode: str = _f("exact", "Hessian products: exact (double backward) or finite_difference "
+    hvp_mode: str = _f("exact", "Hessian products: exact (double backward), finite_difference "
+                                "(central) or forward_difference (one-sided, one pass fewer) "
                                 "(every estimator but first_order)",
-                       choices=("exact", "finite_difference"))
+                       choices=("exact", "finite_difference", "forward_difference"))
     fd_r: float = _f(0.01, "finite-difference step scale r (step = r / ||v||)")
+    hvp_chunks: int = _f(1, "accumulate the Hessian products over K micro-batches of the "
+                            "training batch (memory ~1/K; exact only without train-mode "
+                            "BatchNorm)", alias="--amend_chunks")
+    second_order_batch: int = _f(0, "Hessian products on the first M training samples only "
+                                    "(0 = the whole batch; cheaper, a noisier estimator)",
+                                 alias="--amend_second_order_batch")
+    fast_depthwise: bool = _f(True, "cheaper double backward through grouped convolutions "
+                                    "(exact products; same values)")
     cg_iterations: int = _f(10, "conjugate-gradient iterations (implicit_cg)")
     cg_damping: float = _f(0.0, "damping added to H (implicit_cg)")
     neumann_terms: int = _f(10, "Neumann series terms (implicit_neumann)")

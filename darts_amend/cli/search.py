@@ -55,7 +55,9 @@ def estimator_options(cfg: SearchConfig) -> dict[str, Any]:
     """The keyword arguments of :class:`AmendedArchitect` that the chosen estimator reads."""
     if cfg.estimator == "first_order":
         return {}
-    opts: dict[str, Any] = {"mode": cfg.hvp_mode, "r": cfg.fd_r}
+    opts: dict[str, Any] = {"mode": cfg.hvp_mode, "r": cfg.fd_r, "chunks": cfg.hvp_chunks,
+                            "second_order_batch": cfg.second_order_batch or None,
+                            "fast_depthwise": cfg.fast_depthwise}
     if cfg.estimator == "amended":
         opts["eta"] = cfg.eta
     elif cfg.estimator == "implicit_cg":
@@ -221,7 +223,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
             alpha_steps += 1
             optimizer.zero_grad(set_to_none=True)
             loss, logits = _weight_loss(net, model(x), y)
-            loss.backward()
+            loss.backward(inputs=weights)  # no alpha gradients: the architect made its own
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
             optimizer.step()
