@@ -223,7 +223,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
             alpha_steps += 1
             optimizer.zero_grad(set_to_none=True)
             loss, logits = _weight_loss(net, model(x), y)
-            loss.backward(inputs=weights)  # no alpha gradients: the architect made its own
+            loss.backward()
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
             optimizer.step()
