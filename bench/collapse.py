@@ -19,9 +19,13 @@ spaces / estimators / seeds may change, so a study can be run in parts). Per run
 ``trajectory.csv`` (parameter-free share etc. against alpha steps); ``--report`` writes the
 per-space tables (markdown) and one plot from whatever is on disk, finished or not.
 
-    python bench/collapse.py --out runs/collapse -j 2 --spaces s2r s3r s4r nb201
-    python bench/collapse.py --out runs/collapse -j 2 --resume          # after an interruption
+    python bench/collapse.py --out runs/collapse -j 2 --nice 19          # the study (defaults)
+    python bench/collapse.py --out runs/collapse -j 2 --nice 19 --resume # after an interruption
     python bench/collapse.py --out runs/collapse --report --plot bench/collapse.png
+
+Defaults (chosen by a pilot, docs/benchmarks.md): digits, 20% of its training split, 5-cell
+supernet (3 normal, 2 reduction cells), C=4, batch 32, weight SGD 0.05 constant, alpha Adam 3e-2,
+600 alpha steps per run at most, 10 stable epochs (5 alpha steps each) for convergence.
 """
 from __future__ import annotations
 
@@ -461,7 +465,7 @@ def run_study(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/collapse")
-    p.add_argument("--spaces", nargs="+", default=["s2r", "s3r", "s4r", "nb201"])
+    p.add_argument("--spaces", nargs="+", default=["s3r", "nb201", "s2r", "s4r"])
     p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("-j", "--jobs", type=int, default=1, help="runs in parallel (1 thread each)")
@@ -475,21 +479,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "continued by the next --resume")
     p.add_argument("--inprocess", action="store_true", help=argparse.SUPPRESS)  # tests
     g = p.add_argument_group("study settings (stored in study.json)")
-    g.add_argument("--dataset", default="digits", choices=("digits", "fake"))
-    g.add_argument("--subset", type=float, default=1.0)
+    g.add_argument("--dataset", default="digits", choices=("digits",))
+    g.add_argument("--subset", type=float, default=0.2,
+                   help="fraction of digits' training split (0.2: ~144 + 144 images, a set the "
+                        "weights overfit, which is what drove collapse in the pilot)")
     g.add_argument("--layers", type=int, default=5, help="cells of the DARTS-cell supernets")
     g.add_argument("--nb201_layers", type=int, default=1, help="nb201: cells per stage")
     g.add_argument("--channels", type=int, default=4)
     g.add_argument("--batch_size", type=int, default=32)
-    g.add_argument("--lr", type=float, default=0.025, help="weight learning rate (constant)")
-    g.add_argument("--arch_lr", type=float, default=3e-3, help="alpha learning rate (Adam)")
+    g.add_argument("--lr", type=float, default=0.05, help="weight learning rate (constant)")
+    g.add_argument("--arch_lr", type=float, default=3e-2,
+                   help="alpha learning rate (Adam; 100x the paper's: ~600 steps, not ~20k)")
     g.add_argument("--arch_wd", type=float, default=1e-3, help="alpha weight decay")
     g.add_argument("--steps_per_epoch", type=int, default=0,
                    help="alpha steps per epoch (0 = the whole alpha half)")
-    g.add_argument("--stable", type=int, default=5, help="epochs the convergence rule must hold")
+    g.add_argument("--stable", type=int, default=10, help="epochs the convergence rule must hold")
     g.add_argument("--threshold", type=float, default=None,
                    help="kept-op weight of the rule (default: 0.5, or 0.8 with 2 ops per edge)")
-    g.add_argument("--max_alpha_steps", type=int, default=3000, help="per-run alpha-step cap")
+    g.add_argument("--max_alpha_steps", type=int, default=600, help="per-run alpha-step cap")
     g.add_argument("--train_epochs", type=int, default=10)
     g.add_argument("--train_channels", type=int, default=8)
     g.add_argument("--train_layers", type=int, default=3,

@@ -193,7 +193,8 @@ class _Body(nn.Module):
                 raise ValueError(f"invalid {name}: {value}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"invalid dropout: {dropout}")
-        self.C, self.num_classes, self.layers, self.in_channels = C, num_classes, layers, in_channels
+        self.C, self.num_classes, self.layers = C, num_classes, layers
+        self.in_channels = in_channels
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(C))
         self.cells = nn.ModuleList()
@@ -232,6 +233,7 @@ class _SearchCell(nn.Module):
                 h = self.ops[e](states[src], weights[e], drop_prob)
                 total = h if total is None else total + h
                 e += 1
+            assert total is not None
             states.append(total)
         return states[-1]
 
@@ -322,6 +324,7 @@ class _Cell(nn.Module):
                     h = drop_path(h, drop_prob)
                 total = h if total is None else total + h
                 e += 1
+            assert total is not None
             states.append(total)
         return states[-1]
 

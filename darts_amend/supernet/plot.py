@@ -190,7 +190,7 @@ def _draw_chain(ax, steps: int, edges: Sequence[tuple[int, int, str | None]], *,
     ax.axis("off")
     ax.set_xlim(-0.6, xs[-1] + 0.6)
     ax.set_ylim(-2.0, 2.0)
-    for k, (src, dst, op) in enumerate(edges):
+    for src, dst, op in edges:
         span = dst - src
         # longer edges arc, below from even states and above from odd ones, wider with the span
         rad = 0.0 if span == 1 else (1 if src % 2 == 0 else -1) * (0.45 + 0.1 * (span - 2))

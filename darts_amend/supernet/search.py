@@ -18,7 +18,8 @@ Options beyond DARTS:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,9 @@ from .operations import (
     make_stem,
 )
 from .spaces import SearchSpace, get_space
+
+if TYPE_CHECKING:
+    from .nb201 import NB201SearchNetwork
 
 __all__ = [
     "MixedOp",
@@ -222,7 +226,7 @@ def derive_cell(
 
 
 def parameter_free_share(
-    space: SearchSpace, op_weights: dict[str, Tensor | Sequence[Sequence[float]]]
+    space: SearchSpace, op_weights: Mapping[str, Tensor | Sequence[Sequence[float]]]
 ) -> dict[str, float]:
     """How parameter-free (:data:`~darts_amend.supernet.operations.PARAMETER_FREE`: none, noise,
     skip, pools) an architecture is, from the softmax weights of every alpha set.
@@ -470,7 +474,7 @@ def build_search_network(
     dropout: float = 0.0,
     auxiliary: bool = False,
     **kwargs,
-) -> SearchNetwork:
+) -> SearchNetwork | NB201SearchNetwork:
     """Build the supernet of a named space (``"darts"``, ``"s1"``, ``"s2"``, ``"s1r"`` ..
     ``"s4r"``, ``"nb201"``) or a given one.
 

@@ -127,7 +127,8 @@ class SearchSpace:
         if self.per_cell or not isinstance(eo, (tuple, list)) or len(eo) != 2:
             raise ValueError(f"space {self.name!r}: edge_ops needs shared alphas and two lists "
                              "(normal cell, reduction cell)")
-        eo = tuple(tuple(tuple(ops) for ops in cell) for cell in eo)
+        normal, reduce = (tuple(tuple(ops) for ops in cell) for cell in eo)
+        eo = (normal, reduce)
         object.__setattr__(self, "edge_ops", eo)
         widths = {len(ops) for cell in eo for ops in cell}
         for kind, cell in zip(("normal", "reduction"), eo, strict=True):
