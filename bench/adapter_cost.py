@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import statistics
 import sys
 import time
@@ -32,20 +31,8 @@ import torch
 
 from darts_amend.adapters import darts as darts_adapter
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _support():
-    """tests/test_adapters_support.py as a module (it imports tests/helpers.py)."""
-    if str(ROOT / "tests") not in sys.path:
-        sys.path.insert(0, str(ROOT / "tests"))
-    spec = importlib.util.spec_from_file_location(
-        "adapter_support", ROOT / "tests" / "test_adapters_support.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_support  # noqa: E402
 
 
 def _timed_round_robin(
@@ -86,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     torch.set_num_threads(opts.threads)
     dtype = getattr(torch, opts.dtype)
-    support = _support()
+    support = load_support()
     device = torch.device(opts.device)
 
     torch.manual_seed(0)

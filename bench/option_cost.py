@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import os
 import platform
 import statistics
@@ -38,23 +37,8 @@ import torch
 from darts_amend import AmendedArchitect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_support, peak_extra_bytes  # noqa: E402
 from darts_supernet import DartsSearchNet  # noqa: E402
-from step_cost import _malloc_trim, _rss_bytes  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _support():
-    """tests/test_adapters_support.py (the upstream replays) as a module."""
-    if str(ROOT / "tests") not in sys.path:
-        sys.path.insert(0, str(ROOT / "tests"))
-    spec = importlib.util.spec_from_file_location(
-        "adapter_support", ROOT / "tests" / "test_adapters_support.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
 
 
 def cases(batch: int, cg: int, neumann: int) -> dict[str, tuple[str, str, dict]]:
@@ -179,38 +163,11 @@ def _stepper(name: str, opts, support, model, optimizer, tb, vb) -> Callable[[],
 
 def peak_memory(opts, name: str) -> int:
     """Peak extra bytes of one step after a warm-up step (run in a fresh child process)."""
-    support = _support()
+    support = load_support()
     model, optimizer, tb, vb = _setup(opts, support)
     step = _stepper(name, opts, support, model, optimizer, tb, vb)
-    step()
-    device = torch.device(opts.device)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        return max(torch.cuda.max_memory_allocated() - base, 0)
-    import gc
-    import threading
-
-    gc.collect()
-    _malloc_trim()
-    base = _rss_bytes()
-    peak = [base]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    step()
-    done.set()
-    sampler.join()
-    return max(peak[0] - base, 0)
+    step()  # warm-up: allocator caches, lazy initialisation
+    return peak_extra_bytes(step, torch.device(opts.device))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if "baseline" not in rows:
         rows.insert(0, "baseline")
     load_before = os.getloadavg()
-    support = _support()
+    support = load_support()
     model, optimizer, tb, vb = _setup(opts, support)
     steps = {r: _stepper(r, opts, support, model, optimizer, tb, vb) for r in rows}
     sync = torch.cuda.synchronize if opts.device.startswith("cuda") else (lambda: None)

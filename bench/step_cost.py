@@ -17,14 +17,11 @@ the benchmark does not depend on darts_amend.supernet.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import os
 import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import torch
@@ -32,6 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from darts_amend import AmendedArchitect
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import peak_extra_bytes  # noqa: E402
 
 CONFIGS = [
     ("first_order", "-"),
@@ -134,18 +134,6 @@ class BenchSupernet(nn.Module):
 # --------------------------------------------------------------------------- measuring
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the base then includes cached pages
-        pass
-
-
 def _setup(args: argparse.Namespace):
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -184,30 +172,7 @@ def peak_memory(args: argparse.Namespace, estimator: str, mode: str) -> int:
     model, device, (tb, vb) = _setup(args)
     architect, per_step = _architect(model, args, estimator, mode)
     architect.step(tb, vb, **per_step)  # warm-up: allocator caches, lazy initialisation
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        architect.step(tb, vb, **per_step)
-        torch.cuda.synchronize()
-        return max(torch.cuda.max_memory_allocated() - base, 0)
-    gc.collect()
-    _malloc_trim()  # hand cached heap pages back so the base is the live working set
-    base = _rss_bytes()
-    peak = [base]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    architect.step(tb, vb, **per_step)
-    done.set()
-    sampler.join()
-    return max(peak[0] - base, 0)
+    return peak_extra_bytes(lambda: architect.step(tb, vb, **per_step), device)
 
 
 def step_times(args: argparse.Namespace, configs) -> dict[tuple[str, str], list[float]]:
