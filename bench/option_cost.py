@@ -6,7 +6,8 @@ alphas, ReLU-conv-BN, ``layers`` cells, training mode, float32). The baseline is
 quark0/darts' second-order architect in ``tests/test_adapters_support.py`` (``new()``, unrolled
 weights with SGD momentum, central finite differences with R = 0.01 / ||v||) followed by the
 same Adam step; every other row is one ``AmendedArchitect.step`` (hypergradient + Adam) on the
-same model and batches.
+same model and batches, or (rows ``adapter-*``) one ``step`` of the quark0/darts adapter
+(``darts_amend.adapters.darts.Architect(model, args)``), the call upstream's loop makes.
 
 Timing: all rows interleaved round by round (row 1, 2, ..., 1, 2, ...) on one intra-op thread,
 so a change of load on a shared machine hits all rows alike; median wall and process-CPU time.
@@ -31,10 +32,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from darts_amend import AmendedArchitect
+from darts_amend.adapters import darts as darts_adapter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_support, peak_extra_bytes  # noqa: E402
@@ -85,6 +88,14 @@ def cases(batch: int, cg: int, neumann: int) -> dict[str, tuple[str, str, dict]]
             "implicit_neumann",
             {"terms": neumann},
         ),
+        # through the quark0/darts adapter (Architect(model, args).step(...)), as a user runs it
+        "adapter-exact": ("DARTS adapter, amended exact (default)", "adapter", {}),
+        "adapter-fd1": (
+            "DARTS adapter, --amend_mode forward_difference",
+            "adapter",
+            {"amend_mode": "forward_difference"},
+        ),
+        "adapter-exact-c4": ("DARTS adapter, --amend_chunks 4", "adapter", {"amend_chunks": 4}),
     }
 
 
@@ -102,6 +113,8 @@ DEFAULT_ROWS = [
     "amended-fd1-c4",
     "unrolled-fd",
     "unrolled-fd1",
+    "adapter-exact",
+    "adapter-fd1",
 ]
 
 
@@ -148,6 +161,18 @@ def _stepper(name: str, opts, support, model, optimizer, tb, vb) -> Callable[[],
             adam.step()
 
         return upstream_step
+    if kind == "adapter":
+        args = SimpleNamespace(
+            momentum=0.9,
+            weight_decay=3e-4,
+            arch_learning_rate=3e-4,
+            arch_weight_decay=1e-3,
+            learning_rate=opts.lr,
+            unrolled=False,
+            **options,
+        )
+        adapter = darts_adapter.Architect(net, args)
+        return lambda: adapter.step(*tb, *vb, opts.lr, opt, unrolled=False)
     architect = AmendedArchitect(net, estimator=kind, **options)
     weights = list(net.parameters())
     per_step: dict = {}
