@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import os
 import platform
 import statistics
@@ -40,7 +41,7 @@ from darts_amend import AmendedArchitect
 from darts_amend.adapters import darts as darts_adapter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_support, peak_extra_bytes  # noqa: E402
+from _common import load_support, malloc_trim, peak_extra_bytes  # noqa: E402
 from darts_supernet import DartsSearchNet  # noqa: E402
 
 
@@ -211,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cg-iterations", type=int, default=5)
     p.add_argument("--neumann-terms", type=int, default=5)
     p.add_argument("--only", nargs="*", default=None, help="row names (see --list)")
-    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--no-memory", action="store_true", help="timings only")
+    p.add_argument("--no-timing", action="store_true", help="peak memory only")
     p.add_argument("--list", action="store_true", help="list the row names and exit")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
@@ -232,63 +234,83 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     support = load_support()
     model, optimizer, tb, vb = _setup(opts, support)
-    steps = {r: _stepper(r, opts, support, model, optimizer, tb, vb) for r in rows}
-    sync = torch.cuda.synchronize if opts.device.startswith("cuda") else (lambda: None)
+    n_w = sum(q.numel() for q in model.parameters())
+    n_a = sum(a.numel() for a in model.arch_parameters())
     wall: dict[str, list[float]] = {r: [] for r in rows}
     cpu: dict[str, list[float]] = {r: [] for r in rows}
-    for i in range(opts.warmup + opts.reps):
-        for r in rows:
-            sync()
-            t0, c0 = time.perf_counter(), time.process_time()
-            steps[r]()
-            sync()
-            if i >= opts.warmup:
-                wall[r].append(time.perf_counter() - t0)
-                cpu[r].append(time.process_time() - c0)
-        print(f"  round {i + 1}/{opts.warmup + opts.reps}", file=sys.stderr, flush=True)
-    del steps
+    if not opts.no_timing:
+        steps = {r: _stepper(r, opts, support, model, optimizer, tb, vb) for r in rows}
+        sync = torch.cuda.synchronize if opts.device.startswith("cuda") else (lambda: None)
+        for i in range(opts.warmup + opts.reps):
+            for r in rows:
+                sync()
+                t0, c0 = time.perf_counter(), time.process_time()
+                steps[r]()
+                sync()
+                if i >= opts.warmup:
+                    wall[r].append(time.perf_counter() - t0)
+                    cpu[r].append(time.process_time() - c0)
+            print(f"  round {i + 1}/{opts.warmup + opts.reps}", file=sys.stderr, flush=True)
+        del steps
     peaks: dict[str, int | None] = {r: None for r in rows}
+    header = (
+        f"DartsSearchNet C={opts.C}, {opts.layers} cells ({n_w} weights, {n_a} alphas), batch "
+        f"{opts.batch}x3x{opts.size}x{opts.size} float32, {opts.device}, {opts.threads} thread(s),"
+        f" torch {torch.__version__}, {platform.machine()} {os.cpu_count()} CPUs; median of "
+        f"{opts.reps} interleaved rounds after {opts.warmup} warm-up"
+    )
+    if not opts.no_timing and not opts.no_memory:
+        # the timings first: the memory children below may take long (or be stopped)
+        _print_table(f"{header}; timing only", table, rows, wall, cpu, peaks)
     if not opts.no_memory:
-        forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
-        if "--only" in forwarded:
-            forwarded = forwarded[: forwarded.index("--only")]
+        del model, optimizer, tb, vb
+        gc.collect()
+        malloc_trim()  # the parent's cached heap would sit beside every child
+        child = [
+            f"--C={opts.C}", f"--layers={opts.layers}", f"--size={opts.size}",
+            f"--batch={opts.batch}", f"--threads={opts.threads}", f"--device={opts.device}",
+            f"--lr={opts.lr}", f"--cg-iterations={opts.cg_iterations}",
+            f"--neumann-terms={opts.neumann_terms}",
+        ]
         for r in rows:
             out = subprocess.run(
-                [sys.executable, __file__, *forwarded, "--memory-child", r],
+                [sys.executable, __file__, *child, "--memory-child", r],
                 check=True,
                 capture_output=True,
                 text=True,
             ).stdout
             peaks[r] = int(out.strip().splitlines()[-1])
+            print(f"  memory {r}: {peaks[r] / 2**20:.0f} MiB", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
-    med_wall = {r: statistics.median(t) for r, t in wall.items()}
-    med_cpu = {r: statistics.median(t) for r, t in cpu.items()}
-    n_w = sum(q.numel() for q in model.parameters())
-    n_a = sum(a.numel() for a in model.arch_parameters())
-    print(
-        f"DartsSearchNet C={opts.C}, {opts.layers} cells ({n_w} weights, {n_a} alphas), batch "
-        f"{opts.batch}x3x{opts.size}x{opts.size} float32, {opts.device}, {opts.threads} thread(s),"
-        f" torch {torch.__version__}, {platform.machine()} {os.cpu_count()} CPUs; median of "
-        f"{opts.reps} interleaved rounds after {opts.warmup} warm-up; load average "
-        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after"
+    _print_table(
+        f"{header}; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after",
+        table, rows, wall, cpu, peaks,
     )
+    return 0
+
+
+def _print_table(header, table, rows, wall, cpu, peaks) -> None:
+    print(header)
     print()
     print(
         "| architect step | wall s | CPU s | x baseline (wall / CPU) | peak extra MiB "
         "| x baseline memory |"
     )
     print("|---|---:|---:|---:|---:|---:|")
-    b_wall, b_cpu, b_mem = med_wall["baseline"], med_cpu["baseline"], peaks["baseline"]
+
+    def median(t: list[float]) -> float | None:
+        return statistics.median(t) if t else None
+
+    b_wall, b_cpu, b_mem = median(wall["baseline"]), median(cpu["baseline"]), peaks["baseline"]
     for r in rows:
-        mem = peaks[r]
+        w, c, mem = median(wall[r]), median(cpu[r]), peaks[r]
+        time_txt = "- | - | -" if w is None else (
+            f"{w:.2f} | {c:.2f} | {w / b_wall:.2f} / {c / b_cpu:.2f}"
+        )
         mem_txt = "-" if mem is None else f"{mem / 2**20:.0f}"
         mem_ratio = "-" if mem is None or not b_mem else f"{mem / b_mem:.2f}"
-        print(
-            f"| {table[r][0]} | {med_wall[r]:.2f} | {med_cpu[r]:.2f} | "
-            f"{med_wall[r] / b_wall:.2f} / {med_cpu[r] / b_cpu:.2f} | {mem_txt} | {mem_ratio} |"
-        )
-    return 0
-
+        print(f"| {table[r][0]} | {time_txt} | {mem_txt} | {mem_ratio} |")
+    print(flush=True)
 
 if __name__ == "__main__":
     raise SystemExit(main())
