@@ -22,6 +22,7 @@ per-space tables (markdown) and one plot from whatever is on disk, finished or n
     python bench/collapse.py --out runs/collapse -j 2 --nice 19          # the study (defaults)
     python bench/collapse.py --out runs/collapse -j 2 --nice 19 --resume # after an interruption
     python bench/collapse.py --out runs/collapse --report --plot bench/collapse.png
+    python bench/collapse.py --out runs/collapse --archive bench/results/collapse  # to commit
 
 Defaults (chosen by a pilot, docs/benchmarks.md): digits, 20% of its training split, 5-cell
 supernet (3 normal, 2 reduction cells), C=4, batch 32, weight SGD 0.05 constant, alpha Adam 3e-2,
@@ -230,8 +231,8 @@ def trajectory(search_dir: Path, space: str) -> list[dict[str, Any]]:
     from darts_amend.supernet import get_space, parameter_free_share
 
     path = search_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
+    if not path.is_file():  # an archived run (--archive) keeps only its trajectory.csv
+        return _read_trajectory(search_dir.parent / "trajectory.csv")
     spec = get_space(space)
     rows = []
     for r in read_metrics(path):
@@ -243,6 +244,45 @@ def trajectory(search_dir: Path, space: str) -> list[dict[str, Any]]:
                      "step_seconds": r.get("step_seconds", float("nan")),
                      "epoch_seconds": r.get("epoch_seconds", float("nan"))})
     return rows
+
+
+def _read_trajectory(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{k: (int(v) if k in ("alpha_steps", "converged_epochs") else
+                 None if v == "" else float(v)) for k, v in r.items()} for r in rows]
+
+
+def archive(args: argparse.Namespace) -> int:
+    """Copy what the report needs of the finished runs (no checkpoints, no metrics.jsonl) to
+    ``--archive DIR``, a folder small enough to commit; ``--report --out DIR`` reads it, and a
+    copy of it under ``--out`` continues the study with ``--resume`` (unfinished runs start over).
+    """
+    import shutil
+
+    out, dest = Path(args.out), Path(args.archive)
+    finished = _results(out)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(out / "study.json", dest / "study.json")
+    keep = {"search": ("summary.json", "genotype.json", "config.json"),
+            "train": ("summary.json", "config.json")}
+    for r in finished:
+        run = Path(r["space"]) / f"{r['estimator']}-s{r['seed']}"
+        (dest / run).mkdir(parents=True, exist_ok=True)
+        for name in ("trajectory.csv", "search.log", "train.log"):
+            if (out / run / name).is_file():
+                shutil.copy2(out / run / name, dest / run / name)
+        for sub, names in keep.items():
+            (dest / run / sub).mkdir(exist_ok=True)
+            for name in names:
+                if (out / run / sub / name).is_file():
+                    shutil.copy2(out / run / sub / name, dest / run / sub / name)
+    with open(dest / "results.jsonl", "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in finished)
+    print(f"collapse.py: {len(finished)} finished runs archived in {dest}")
+    return 0
 
 
 def write_trajectory(search_dir: Path, space: str, path: Path) -> None:
@@ -472,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the study in --out (finished runs are skipped)")
     p.add_argument("--report", action="store_true", help="only write the tables and the plot")
+    p.add_argument("--archive", default=None, metavar="DIR",
+                   help="copy the finished runs' results, trajectories and summaries (no "
+                        "checkpoints) to DIR, small enough to commit; --report --out DIR reads it")
     p.add_argument("--plot", default="bench/collapse.png")
     p.add_argument("--nice", type=int, default=0, help="run the searches under nice -n N")
     p.add_argument("--run_time_limit", type=float, default=0.0,
@@ -511,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         print(report(args))
         return 0
+    if args.archive:
+        return archive(args)
     return run_study(args)
 
 

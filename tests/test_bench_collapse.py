@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,22 @@ def test_micro_study_runs_resumes_and_reports(collapse, tmp_path, capsys) -> Non
     assert "| first_order | 0 | 4 | cap |" in report and "| amended_1 | 1 | 4 | cap |" in report
     assert "+-" in report
     assert "\\|" in report  # NB201 strings escaped inside table cells
+    # --archive keeps what the report needs, no checkpoints or metrics; the report reads it back
+    # with the same tables, and a copy of it under a new --out resumes with nothing to redo
+    archived = tmp_path / "archive"
+    assert collapse.main(["--out", str(out), "--archive", str(archived)]) == 0
+    files = [p.name for p in archived.rglob("*") if p.is_file()]
+    assert "results.jsonl" in files and "trajectory.csv" in files
+    assert not [f for f in files if f.endswith(".pt") or f == "metrics.jsonl"]
+    plot2 = tmp_path / "archived.png"
+    assert collapse.main(["--out", str(archived), "--plot", str(plot2), "--report"]) == 0
+    tables = [ln for ln in report.splitlines() if ln.startswith("|")]
+    assert tables and tables == [
+        ln for ln in (archived / "report.md").read_text().splitlines() if ln.startswith("|")]
+    assert plot2.stat().st_size > 0
+    moved = tmp_path / "continued"
+    shutil.copytree(archived, moved)
+    capsys.readouterr()
+    assert collapse.main(["--out", str(moved), "--plot", str(plot2), *MICRO, "--resume",
+                          "--spaces", "nb201", "--estimators", "first_order", "--seeds", "0"]) == 0
+    assert "0 runs to do, 2 finished" in capsys.readouterr().out
