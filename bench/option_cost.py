@@ -71,6 +71,11 @@ def cases(batch: int, cg: int, neumann: int) -> dict[str, tuple[str, str, dict]]
             {"mode": "finite_difference"},
         ),
         "amended-fd1": ("amended forward_difference", "amended", {"mode": "forward_difference"}),
+        "amended-fd1-m2": (
+            f"amended forward_difference, second_order_batch={half}",
+            "amended",
+            {"mode": "forward_difference", "second_order_batch": half},
+        ),
         "amended-fd1-c4": (
             "amended forward_difference, chunks=4",
             "amended",
@@ -111,6 +116,7 @@ DEFAULT_ROWS = [
     "amended-exact-m2",
     "amended-fd",
     "amended-fd1",
+    "amended-fd1-m2",
     "amended-fd1-c4",
     "unrolled-fd",
     "unrolled-fd1",
