@@ -304,7 +304,10 @@ _SHORT = {"skip_connect": "skip", "sep_conv_3x3": "sep3", "sep_conv_5x5": "sep5"
 def genotype_text(g: dict[str, Any]) -> str:
     """Compact genotype: op counts per cell type; the NB201 string as it is."""
     if "nb201" in g:  # pipes escaped: inside a markdown table cell
-        return "`" + g["nb201"].replace("|", "\\|") + "`"
+        from darts_amend.supernet import NB201Genotype
+
+        cut = "" if NB201Genotype.from_string(g["nb201"]).connected() else " (disconnected)"
+        return "`" + g["nb201"].replace("|", "\\|") + "`" + cut
     cells = {"normal": g["normal"], "reduce": g["reduce"]} if "normal" in g else {
         f"cell{i}": c["edges"] for i, c in enumerate(g["cells"])}
     parts = []

@@ -226,3 +226,37 @@ def test_nb201_supernet_refuses_darts_only_options() -> None:
     with pytest.raises(ValueError, match="auxiliary"):
         build_search_network("nb201", C=4, auxiliary=True)
     assert set(SPACES) >= set(NEW)
+
+
+def test_nb201_connected_and_a_cut_cell_ignores_its_input(tmp_path, caplog) -> None:
+    connected = [str(NB201_DARTS),
+                 # a chain: input -> node 1 -> node 2 -> node 3
+                 "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|none~0|none~1|nor_conv_1x1~2|",
+                 "|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|"]
+    cut = ["|none~0|+|none~0|nor_conv_3x3~1|+|none~0|nor_conv_3x3~1|nor_conv_1x1~2|",
+           "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|",
+           "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|none~0|none~1|none~2|"]
+    assert [NB201Genotype.from_string(t).connected() for t in connected] == [True] * 3
+    assert [NB201Genotype.from_string(t).connected() for t in cut] == [False] * 3
+    # ground truth: the network of a cut cell gives every input the same logits
+    torch.manual_seed(0)
+    net = NB201Network(4, 10, 1, NB201Genotype.from_string(cut[0]), in_channels=1).eval()
+    x = torch.randn(3, 1, 8, 8)
+    out = net(x)
+    out = out[0] if isinstance(out, tuple) else out
+    assert torch.allclose(out, out[:1].expand_as(out), atol=1e-6)
+    # ... and `darts-amend train` says so before it trains
+    from darts_amend.cli import main
+
+    with caplog.at_level("WARNING", logger="darts_amend.cli.train"):
+        assert main(["train", "--genotype", _nb201_file(tmp_path, cut[0]), "--dataset", "digits",
+                     "--layers", "1", "--init_channels", "2", "--epochs", "1", "--batch_size",
+                     "64", "--steps_per_epoch", "1", "--threads", "1", "--no-progress",
+                     "--no-plots", "-q", "--output", str(tmp_path / "train")]) == 0
+    assert any("cannot learn" in r.getMessage() for r in caplog.records)
+
+
+def _nb201_file(tmp_path, text: str) -> str:
+    path = tmp_path / "genotype.json"
+    path.write_text(NB201Genotype.from_string(text).to_json())
+    return str(path)

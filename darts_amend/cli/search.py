@@ -342,6 +342,10 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
             revert = {"revert_epoch": revert_epoch,
                       "early_stop_epoch": int(stop_record["epoch"]),
                       "early_stop_ratio": stop_record.get("diag/early_stop_ratio")}
+    if getattr(genotype, "is_nb201", False) and not genotype.connected():
+        logger.warning("the final NB201 genotype %s has no path from the cell input to its "
+                       "output that avoids `none`: its network cannot learn (it re-trains to "
+                       "chance accuracy)", genotype)
     summary = {
         "command": "search", "world_size": d.world_size, "epochs_run": epoch,
         "alpha_steps": alpha_steps,

@@ -83,6 +83,10 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
     if layers is None:  # NAS-Bench-201: 5 cells per stage
         layers = 5 if nb201 else train_family_defaults(cfg.dataset)["layers"]
     seed_everything(cfg.seed)
+    if nb201 and not genotype.connected():
+        logger.warning("NB201 genotype %s has no path from the cell input to its output that "
+                       "avoids `none`: every cell outputs zeros, so this network cannot learn "
+                       "(expect chance accuracy)", genotype)
     if nb201:  # an NB201 cell: NAS-Bench-201's network (3 stages of `layers` cells)
         from darts_amend.supernet import NB201Network
 

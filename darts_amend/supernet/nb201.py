@@ -94,6 +94,16 @@ class NB201Genotype:
         """Fraction of the edges whose op has no parameters (none, skip, pooling)."""
         return sum(op in PARAMETER_FREE for op in self.ops) / len(self.ops)
 
+    def connected(self) -> bool:
+        """Whether a path of edges other than ``none`` joins the cell input (state 0) to its
+        output (the last node). Without one the cell outputs zeros whatever its input, and a
+        network of such cells cannot learn (it re-trains to chance accuracy)."""
+        reached = {0}
+        for i, node in enumerate(self.nodes, start=1):
+            if any(op != "none" and j in reached for op, j in node):
+                reached.add(i)
+        return len(self.nodes) in reached
+
     def to_string(self) -> str:
         return "+".join("|" + "|".join(f"{op}~{j}" for op, j in node) + "|"
                         for node in self.nodes)
