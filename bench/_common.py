@@ -1,6 +1,6 @@
-"""Pieces the cost benchmarks share: the upstream replays of the test suite as a module, and the
-peak extra memory of one call (CPU: resident set size sampled every millisecond; CUDA: peak
-allocated).
+"""Pieces the cost benchmarks share: the upstream replays of the test suite as a module, timing
+of several cases interleaved round by round, and the peak extra memory of one call (CPU:
+resident set size sampled every millisecond; CUDA: peak allocated).
 
 Not a benchmark itself; ``bench/step_cost.py``, ``bench/adapter_cost.py`` and
 ``bench/option_cost.py`` import it.
@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -35,6 +36,28 @@ def load_support() -> ModuleType:
     assert spec.loader is not None
     spec.loader.exec_module(module)
     return module
+
+
+def timed_round_robin(
+    cases: dict[Any, Callable[[], object]], reps: int, warmup: int, device: torch.device
+) -> dict[Any, tuple[list[float], list[float]]]:
+    """Wall and process-CPU seconds of every case, ``reps`` rounds after ``warmup`` rounds, the
+    cases interleaved (1, 2, ..., 1, 2, ...) so that a change of load on a shared machine hits all
+    of them alike instead of biasing whichever ran during it. With one intra-op thread the CPU
+    time is the less load-sensitive of the two. CUDA is synchronised around every call."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    times: dict[Any, tuple[list[float], list[float]]] = {key: ([], []) for key in cases}
+    for i in range(warmup + reps):
+        for key, fn in cases.items():
+            sync()
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            sync()
+            if i >= warmup:
+                times[key][0].append(time.perf_counter() - wall)
+                times[key][1].append(time.process_time() - cpu)
+        print(f"  round {i + 1}/{warmup + reps}", file=sys.stderr, flush=True)
+    return times
 
 
 def rss_bytes() -> int:

@@ -23,7 +23,6 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,28 +31,7 @@ import torch
 from darts_amend.adapters import darts as darts_adapter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_support  # noqa: E402
-
-
-def _timed_round_robin(
-    cases: list, reps: int, warmup: int
-) -> dict[str, tuple[list[float], list[float]]]:
-    """Wall and process-CPU seconds of every case, ``reps`` times, interleaved (case 1, 2, ..., 1,
-    2, ...), so
-    that a change of load on a shared machine hits all cases alike instead of biasing whichever ran
-    during
-    it. With one intra-op thread the CPU time is the less load-sensitive of the two."""
-    for _ in range(warmup):
-        for _, fn in cases:
-            fn()
-    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name, _ in cases}
-    for _ in range(reps):
-        for name, fn in cases:
-            wall, cpu = time.perf_counter(), time.process_time()
-            fn()
-            times[name][0].append(time.perf_counter() - wall)
-            times[name][1].append(time.process_time() - cpu)
-    return times
+from _common import load_support, timed_round_robin  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     ]
     results = {}
-    for name, (wall, cpu) in _timed_round_robin(cases, opts.reps, opts.warmup).items():
+    for name, (wall, cpu) in timed_round_robin(dict(cases), opts.reps, opts.warmup, device).items():
         q = statistics.quantiles(wall, n=4) if len(wall) > 1 else [wall[0]] * 3
         results[name] = (statistics.median(wall), q[0], q[2], statistics.median(cpu))
     base_wall = results["upstream-style second-order (new(), FD)"][0]

@@ -251,8 +251,8 @@ def _read_trajectory(path: Path) -> list[dict[str, Any]]:
         return []
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    return [{k: (int(v) if k in ("alpha_steps", "converged_epochs") else
-                 None if v == "" else float(v)) for k, v in r.items()} for r in rows]
+    return [{k: (None if v == "" else int(v) if k in ("alpha_steps", "converged_epochs")
+                 else float(v)) for k, v in r.items()} for r in rows]
 
 
 def archive(args: argparse.Namespace) -> int:

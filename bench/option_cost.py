@@ -30,7 +30,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,7 +40,7 @@ from darts_amend import AmendedArchitect
 from darts_amend.adapters import darts as darts_adapter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_support, malloc_trim, peak_extra_bytes  # noqa: E402
+from _common import load_support, malloc_trim, peak_extra_bytes, timed_round_robin  # noqa: E402
 from darts_supernet import DartsSearchNet  # noqa: E402
 
 
@@ -246,17 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     cpu: dict[str, list[float]] = {r: [] for r in rows}
     if not opts.no_timing:
         steps = {r: _stepper(r, opts, support, model, optimizer, tb, vb) for r in rows}
-        sync = torch.cuda.synchronize if opts.device.startswith("cuda") else (lambda: None)
-        for i in range(opts.warmup + opts.reps):
-            for r in rows:
-                sync()
-                t0, c0 = time.perf_counter(), time.process_time()
-                steps[r]()
-                sync()
-                if i >= opts.warmup:
-                    wall[r].append(time.perf_counter() - t0)
-                    cpu[r].append(time.process_time() - c0)
-            print(f"  round {i + 1}/{opts.warmup + opts.reps}", file=sys.stderr, flush=True)
+        for r, (w, c) in timed_round_robin(
+            steps, opts.reps, opts.warmup, torch.device(opts.device)
+        ).items():
+            wall[r], cpu[r] = w, c
         del steps
     peaks: dict[str, int | None] = {r: None for r in rows}
     header = (

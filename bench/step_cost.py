@@ -31,7 +31,7 @@ from torch import nn
 from darts_amend import AmendedArchitect
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import peak_extra_bytes  # noqa: E402
+from _common import peak_extra_bytes, timed_round_robin  # noqa: E402
 
 CONFIGS = [
     ("first_order", "-"),
@@ -178,19 +178,12 @@ def peak_memory(args: argparse.Namespace, estimator: str, mode: str) -> int:
 def step_times(args: argparse.Namespace, configs) -> dict[tuple[str, str], list[float]]:
     """Seconds per step; configurations interleaved round by round (fair under shared load)."""
     model, device, (tb, vb) = _setup(args)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    architects = {c: _architect(model, args, *c) for c in configs}
-    times: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
-    for i in range(args.warmup + args.rounds):
-        for c, (architect, per_step) in architects.items():
-            sync()
-            t0 = time.perf_counter()
-            architect.step(tb, vb, **per_step)
-            sync()
-            if i >= args.warmup:
-                times[c].append(time.perf_counter() - t0)
-        print(f"  round {i + 1}/{args.warmup + args.rounds} done", file=sys.stderr)
-    return times
+    steps = {}
+    for c in configs:
+        architect, per_step = _architect(model, args, *c)
+        steps[c] = lambda a=architect, kw=per_step: a.step(tb, vb, **kw)
+    times = timed_round_robin(steps, args.rounds, args.warmup, device)
+    return {c: wall for c, (wall, _) in times.items()}
 
 
 def phase_times(args: argparse.Namespace) -> dict[str, float]:

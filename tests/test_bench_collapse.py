@@ -99,6 +99,10 @@ def test_micro_study_runs_resumes_and_reports(collapse, tmp_path, capsys) -> Non
     assert tables and tables == [
         ln for ln in (archived / "report.md").read_text().splitlines() if ln.startswith("|")]
     assert plot2.stat().st_size > 0
+    for space, run in (("nb201", "first_order-s0"), ("s2r", "amended_1-s1")):
+        # the archived trajectory.csv gives back what metrics.jsonl gave, value for value
+        assert collapse.trajectory(archived / space / run / "search", space) == \
+            collapse.trajectory(out / space / run / "search", space)
     moved = tmp_path / "continued"
     shutil.copytree(archived, moved)
     capsys.readouterr()
