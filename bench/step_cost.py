@@ -188,7 +188,8 @@ def step_times(args: argparse.Namespace, configs) -> dict[tuple[str, str], list[
 
 def phase_times(args: argparse.Namespace) -> dict[str, float]:
     """Median milliseconds of each pass of an exact amended step (where the time goes)."""
-    from darts_amend.hvp import _grad, resolve_loss, split_parameters
+    from darts_amend.hvp import resolve_loss, split_parameters
+    from darts_amend.tensorlist import list_grad as _grad
 
     model, device, (tb, vb) = _setup(args)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

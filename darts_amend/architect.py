@@ -30,15 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from ._types import Batch, LossFn
-from .estimators import Hypergradient, _number, get_estimator, validate_options
-from .hvp import (
-    NonFiniteLossError,
-    list_cosine,
-    list_norm,
-    resolve_loss,
-    split_parameters,
-    unwrap_model,
-)
+from .estimators import Hypergradient, get_estimator, write_grads_
+from .model import NonFiniteLossError, resolve_loss, split_parameters, unwrap_model
+from .options import check_number, validate_options
+from .tensorlist import list_norm
 
 __all__ = ["AmendedArchitect", "StepInfo"]
 
@@ -103,8 +98,8 @@ class AmendedArchitect:
     ) -> None:
         alphas, _ = split_parameters(model)
         self._fn = get_estimator(estimator)
-        lr = _number("lr", lr, strict=True)
-        weight_decay = _number("weight_decay", weight_decay)
+        lr = check_number("lr", lr, strict=True)
+        weight_decay = check_number("weight_decay", weight_decay)
         if (
             not isinstance(betas, (tuple, list))
             or len(betas) != 2
@@ -191,8 +186,7 @@ class AmendedArchitect:
             )
             self.last_hypergradient = None
             return info
-        for a, g in zip(self._alphas, grads, strict=True):
-            a.grad = g.detach().to(dtype=a.dtype).clone()
+        write_grads_(self._alphas, grads)
         self.optimizer.step()
         self.last_hypergradient = result
         return info
@@ -232,14 +226,13 @@ class AmendedArchitect:
             return StepInfo(
                 val_loss=nan, g1_norm=nan, g2_norm=nan, cosine=nan, grad_norm=nan, finite=False
             )
-        g1 = result.terms["g1"]
-        g2 = result.terms.get("g2")
+        has_g2 = "g2" in result.terms
         return StepInfo(
             val_loss=float(result.val_loss),
-            g1_norm=float(list_norm(g1)),
-            g2_norm=0.0 if g2 is None else float(list_norm(g2)),
-            cosine=math.nan if g2 is None else list_cosine(g1, g2),
-            grad_norm=float(list_norm(grads)),
+            g1_norm=result.norm("g1"),
+            g2_norm=result.norm("g2") if has_g2 else 0.0,
+            cosine=result.cosine("g1", "g2"),  # nan without g2
+            grad_norm=float(list_norm(grads)),  # the applied (all-reduced) hypergradient
             finite=finite,
         )
 

@@ -19,34 +19,26 @@ as they found them, also on exception. Options are validated before anything is 
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ._types import Batch, LossFn, Matvec, TensorList
-from .hvp import (
-    _check_finite,
-    _check_mode,
-    _evaluate,
-    _grad,
-    _warn_if_coupled,
-    check_batch,
-    list_cosine,
-    list_dot,
-    list_norm,
-    preserve_state,
-    resolve_loss,
-    second_order_products,
-    split_parameters,
-    take_batch,
-    unwrap_model,
+from .hvp import training_products
+from .linear_solve import make_ridge_matvec, solve_cg, solve_neumann
+from .model import Prepared, check_finite, evaluate_loss, prepare, preserve_state
+from .options import (
+    ProductOptions,
+    check_count,
+    check_number,
+    estimator_options,
+    validate_options,
 )
+from .tensorlist import list_cosine, list_grad, list_norm
 
 __all__ = [
     "ESTIMATORS",
@@ -117,161 +109,26 @@ def write_grads_(
 # --------------------------------------------------------------------------- shared pieces
 
 
-def _prepare(model: nn.Module, train_batch: Any, valid_batch: Any, loss_fn: LossFn | None):
-    alphas, weights = split_parameters(model)
-    device = alphas[0].device
-    dtype = weights[0].dtype if weights else alphas[0].dtype
-    check_batch(train_batch, "train_batch", device, dtype)
-    check_batch(valid_batch, "valid_batch", device, dtype)
-    return unwrap_model(model), alphas, weights, resolve_loss(loss_fn)
-
-
 def _val_pass(
-    net: nn.Module,
-    batch: Batch,
-    loss_fn: LossFn,
-    alphas: TensorList,
-    weights: TensorList,
-    *,
-    need_v: bool = True,
+    prepared: Prepared, batch: Batch, *, need_v: bool = True
 ) -> tuple[Tensor, tuple[Tensor, ...], TensorList]:
     """One forward/backward on the validation batch: (L_val, g1 = grad_alpha, v = grad_w)."""
-    loss = _evaluate(loss_fn, net, batch, "validation loss")
-    _check_finite(loss, "validation loss")
-    grads = _grad(loss, alphas + weights if need_v else alphas)
+    net, alphas, weights, loss_fn = prepared
+    loss = evaluate_loss(loss_fn, net, batch, "validation loss")
+    check_finite(loss, "validation loss")
+    grads = list_grad(loss, alphas + weights if need_v else alphas)
     g1 = tuple(g.detach() for g in grads[: len(alphas)])
     v = [g.detach() for g in grads[len(alphas) :]]
     return loss.detach(), g1, v
-
-
-def _number(name: str, value: Any, *, low: float = 0.0, strict: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or value < low or (strict and value == low):
-        bound = f"> {low}" if strict else f">= {low}"
-        raise ValueError(f"invalid {name}: {value!r} (must be a finite number {bound})")
-    return float(value)
-
-
-def _count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"invalid {name}: {value!r} (must be an integer >= 1)")
-    return value
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"invalid {name}: {value!r} (must be True or False)")
-    return value
-
-
-def _sub_batch(name: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"invalid {name}: {value!r} (must be None, the whole training batch, or an "
-            "integer >= 1, the number of training samples the second-order products use)"
-        )
-    return value
-
-
-@dataclass(frozen=True)
-class _Cost:
-    """The cost options shared by every estimator with second-order products."""
-
-    chunks: int = 1
-    second_order_batch: int | None = None
-    fast_depthwise: bool = True
-
-    @classmethod
-    def check(cls, chunks: Any, second_order_batch: Any, fast_depthwise: Any) -> _Cost:
-        return cls(
-            _count("chunks", chunks),
-            _sub_batch("second_order_batch", second_order_batch),
-            _flag("fast_depthwise", fast_depthwise),
-        )
-
-    def products(
-        self,
-        net: nn.Module,
-        train_batch: Batch,
-        loss_fn: LossFn,
-        alphas: TensorList,
-        weights: TensorList,
-        mode: str,
-        r: float,
-        base: Any = None,
-    ):
-        """:func:`second_order_products` on the first ``second_order_batch`` samples, in
-        ``chunks`` micro-batches."""
-        batch = train_batch
-        if self.second_order_batch is not None:
-            batch = take_batch(train_batch, self.second_order_batch)
-            base = None  # the base gradients were taken on the whole batch
-        if self.chunks > 1:
-            _warn_if_coupled(net, f"chunks={self.chunks}")
-        return second_order_products(
-            net,
-            batch,
-            loss_fn,
-            alphas,
-            weights,
-            mode=mode,
-            r=r,
-            chunks=self.chunks,
-            fast_depthwise=self.fast_depthwise,
-            base=base,
-        )
 
 
 def _combine(g1: Sequence[Tensor], g2: Sequence[Tensor]) -> tuple[Tensor, ...]:
     return tuple(a + b for a, b in zip(g1, g2, strict=True))
 
 
-# --------------------------------------------------------------------------- linear solvers
-
-
-def conjugate_gradient(
-    matvec: Matvec, b: TensorList, iterations: int, *, tol: float = 1e-12
-) -> TensorList:
-    """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` (x0 = 0).
-
-    Stops after ``iterations`` products, when the residual norm falls below ``tol * ||b||``, or
-    at a direction of non-positive curvature (``A`` not positive-definite there; logged).
-    """
-    x = [torch.zeros_like(t) for t in b]
-    res = [t.clone() for t in b]
-    p = [t.clone() for t in b]
-    rs = float(list_dot(res, res))
-    stop = (tol**2) * rs
-    for k in range(iterations):
-        if rs <= stop or rs == 0.0:
-            break
-        ap = matvec(p)
-        pap = float(list_dot(p, ap))
-        if not (pap > 0.0) or not math.isfinite(pap):
-            logger.debug(
-                "conjugate_gradient: curvature %.3g <= 0 at iteration %d; stopping", pap, k
-            )
-            break
-        step = rs / pap
-        x = [xi + step * pi for xi, pi in zip(x, p, strict=True)]
-        res = [ri - step * api for ri, api in zip(res, ap, strict=True)]
-        rs_new = float(list_dot(res, res))
-        p = [ri + (rs_new / rs) * pi for ri, pi in zip(res, p, strict=True)]
-        rs = rs_new
-    return x
-
-
-def neumann_series(matvec: Matvec, b: TensorList, terms: int, gamma: float) -> TensorList:
-    """``A^-1 b ~ gamma * sum_{j<terms} (I - gamma A)^j b`` (``terms - 1`` products)."""
-    p = [t.clone() for t in b]
-    acc = [t.clone() for t in b]
-    for _ in range(terms - 1):
-        ap = matvec(p)
-        p = [pi - gamma * api for pi, api in zip(p, ap, strict=True)]
-        acc = [ai + pi for ai, pi in zip(acc, p, strict=True)]
-    return [gamma * a for a in acc]
+#: The solvers under their first names (public API since 0.1).
+conjugate_gradient = solve_cg
+neumann_series = solve_neumann
 
 
 # --------------------------------------------------------------------------- estimators
@@ -281,43 +138,38 @@ def first_order(
     model: nn.Module, train_batch: Batch, valid_batch: Batch, *, loss_fn: LossFn | None = None
 ) -> Hypergradient:
     """First-order DARTS: ``g = g1 = grad_alpha L_val(w, alpha)`` (one forward/backward)."""
-    val_loss, g1 = _first_order_pass(
-        _prepare(model, train_batch, valid_batch, loss_fn), valid_batch
-    )
+    prepared = prepare(model, loss_fn, train_batch=train_batch, valid_batch=valid_batch)
+    val_loss, g1 = _first_order_pass(prepared, valid_batch)
     return Hypergradient(grads=g1, terms={"g1": g1}, val_loss=val_loss)
 
 
 def _first_order_pass(
-    prepared: tuple[nn.Module, TensorList, TensorList, LossFn], valid_batch: Batch
+    prepared: Prepared, valid_batch: Batch
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """``(L_val, g1)`` from one forward/backward on the validation batch (buffers restored)."""
-    net, alphas, weights, loss_fn = prepared
-    with preserve_state(net, parameters=False):
-        val_loss, g1, _ = _val_pass(net, valid_batch, loss_fn, alphas, weights, need_v=False)
+    with preserve_state(prepared.net, parameters=False):
+        val_loss, g1, _ = _val_pass(prepared, valid_batch, need_v=False)
     return val_loss, g1
 
 
 def _with_second_term(
-    prepared: tuple[nn.Module, TensorList, TensorList, LossFn],
+    prepared: Prepared,
     train_batch: Batch,
     valid_batch: Batch,
-    mode: str,
-    r: float,
+    options: ProductOptions,
     apply: Callable[[Matvec, TensorList], TensorList],
     scale: float = 1.0,
-    cost: _Cost = _Cost(),
 ) -> Hypergradient:
     """``g = g1 + g2`` with ``g2 = -scale * B apply(H, v)``, everything at the current w.
 
     ``apply(hvp, v)`` is ``H v`` for amended (``scale = eta``) and ``x ~ H^-1 v`` for the
     implicit estimators (``scale = 1``). In exact mode H and B share one ``create_graph``
-    backward on the training batch (:func:`darts_amend.hvp.second_order_products`); ``cost``
-    selects micro-batches and a sub-batch for the products.
+    backward on the training batch (:func:`darts_amend.hvp.second_order_products`);
+    ``options`` select the mode, micro-batches and a sub-batch for the products.
     """
-    net, alphas, weights, loss_fn = prepared
-    with preserve_state(net, parameters=(mode != "exact")):
-        val_loss, g1, v = _val_pass(net, valid_batch, loss_fn, alphas, weights)
-        products = cost.products(net, train_batch, loss_fn, alphas, weights, mode, r)
+    with preserve_state(prepared.net, parameters=(options.mode != "exact")):
+        val_loss, g1, v = _val_pass(prepared, valid_batch)
+        products = training_products(prepared, train_batch, options)
         bx = products.mixed(apply(products.hvp, v))
     g2 = tuple(-scale * t for t in bx)
     return Hypergradient(
@@ -364,17 +216,16 @@ def amended(
     * ``fast_depthwise`` (exact mode): grouped convolutions take a cheaper double backward
       (:mod:`darts_amend._depthwise`; same values up to round-off). ``False`` keeps PyTorch's.
     """
-    eta = _number("eta", eta)
-    _check_mode(mode, r)
-    cost = _Cost.check(chunks, second_order_batch, fast_depthwise)
-    prepared = _prepare(model, train_batch, valid_batch, loss_fn)
+    eta = check_number("eta", eta)
+    options = ProductOptions.check(mode, r, chunks, second_order_batch, fast_depthwise)
+    prepared = prepare(model, loss_fn, train_batch=train_batch, valid_batch=valid_batch)
     if eta == 0.0:
         val_loss, g1 = _first_order_pass(prepared, valid_batch)
         g2 = tuple(torch.zeros_like(g) for g in g1)
         return Hypergradient(grads=g1, terms={"g1": g1, "g2": g2}, val_loss=val_loss)
     # g2' = -eta * B (H v)
     return _with_second_term(
-        prepared, train_batch, valid_batch, mode, r, lambda hvp, v: hvp(v), scale=eta, cost=cost
+        prepared, train_batch, valid_batch, options, lambda hvp, v: hvp(v), scale=eta
     )
 
 
@@ -407,19 +258,23 @@ def unrolled(
     """
     if xi is None:
         raise ValueError("unrolled needs xi, the learning rate of the weight optimizer")
-    xi = _number("xi", xi)
-    momentum = _number("momentum", momentum)
-    weight_decay = _number("weight_decay", weight_decay)
-    _check_mode(mode, r)
-    cost = _Cost.check(chunks, second_order_batch, fast_depthwise)
-    net, alphas, weights, loss_fn = _prepare(model, train_batch, valid_batch, loss_fn)
+    xi = check_number("xi", xi)
+    momentum = check_number("momentum", momentum)
+    weight_decay = check_number("weight_decay", weight_decay)
+    options = ProductOptions.check(mode, r, chunks, second_order_batch, fast_depthwise)
+    prepared = prepare(model, loss_fn, train_batch=train_batch, valid_batch=valid_batch)
+    net, alphas, weights, loss_fn = prepared
     buffers = _check_buffers(momentum_buffers, weights)
     # forward differences reuse this pass's gradients at w as their base
-    reuse = mode == "forward_difference" and cost.second_order_batch is None and cost.chunks == 1
+    reuse = (
+        options.mode == "forward_difference"
+        and options.second_order_batch is None
+        and options.chunks == 1
+    )
     with preserve_state(net, parameters=True) as restore:
-        train_loss = _evaluate(loss_fn, net, train_batch, "training loss")
-        _check_finite(train_loss, "training loss")
-        grads = [g.detach() for g in _grad(train_loss, weights + alphas if reuse else weights)]
+        train_loss = evaluate_loss(loss_fn, net, train_batch, "training loss")
+        check_finite(train_loss, "training loss")
+        grads = [g.detach() for g in list_grad(train_loss, weights + alphas if reuse else weights)]
         grad_w = grads[: len(weights)]
         base = (train_loss, grad_w, grads[len(weights) :]) if reuse else None
         with torch.no_grad():  # w <- w' in place (restored below, bit-exactly)
@@ -428,9 +283,9 @@ def unrolled(
                 if buf is not None and momentum != 0.0:
                     step = step + momentum * buf
                 w.sub_(xi * step)
-        val_loss, g1, v = _val_pass(net, valid_batch, loss_fn, alphas, weights)
+        val_loss, g1, v = _val_pass(prepared, valid_batch)
         restore()  # back to w: B is taken at w
-        bv = cost.products(net, train_batch, loss_fn, alphas, weights, mode, r, base).mixed(v)
+        bv = training_products(prepared, train_batch, options, base).mixed(v)
     g2 = tuple(-xi * t for t in bv)
     return Hypergradient(
         grads=_combine(g1, g2),
@@ -478,23 +333,16 @@ def implicit_cg(
 ) -> Hypergradient:
     """Implicit-function gradient with ``(H + damping I) x = v`` solved by ``iterations`` steps
     of conjugate gradient: ``g = g1 - B x`` (converges to g1 - B H^-1 v at an inner optimum)."""
-    iterations = _count("iterations", iterations)
-    damping = _number("damping", damping)
-    tol = _number("tol", tol)
-    _check_mode(mode, r)
-    cost = _Cost.check(chunks, second_order_batch, fast_depthwise)
+    iterations = check_count("iterations", iterations)
+    damping = check_number("damping", damping)
+    tol = check_number("tol", tol)
+    options = ProductOptions.check(mode, r, chunks, second_order_batch, fast_depthwise)
 
     def solve(hvp: Matvec, v: TensorList) -> TensorList:
-        damped = (
-            hvp
-            if damping == 0.0
-            else (lambda u: [h + damping * t for h, t in zip(hvp(u), u, strict=True)])
-        )
-        return conjugate_gradient(damped, v, iterations, tol=tol)
+        return solve_cg(make_ridge_matvec(hvp, damping), v, iterations, tol=tol)  # (H + d I) x = v
 
-    prepared = _prepare(model, train_batch, valid_batch, loss_fn)
-    # x ~ H^-1 v
-    return _with_second_term(prepared, train_batch, valid_batch, mode, r, solve, cost=cost)
+    prepared = prepare(model, loss_fn, train_batch=train_batch, valid_batch=valid_batch)
+    return _with_second_term(prepared, train_batch, valid_batch, options, solve)
 
 
 def implicit_neumann(
@@ -514,19 +362,16 @@ def implicit_neumann(
     """iDARTS-style Neumann series: ``H^-1 v ~ gamma * sum_{j<terms} (I - gamma H)^j v``,
     ``g = g1 - B x``. Converges when ``0 < gamma < 2 / lambda_max(H)`` and H is positive
     definite."""
-    terms = _count("terms", terms)
-    gamma = _number("gamma", gamma, strict=True)
-    _check_mode(mode, r)
-    cost = _Cost.check(chunks, second_order_batch, fast_depthwise)
-    prepared = _prepare(model, train_batch, valid_batch, loss_fn)
+    terms = check_count("terms", terms)
+    gamma = check_number("gamma", gamma, strict=True)
+    options = ProductOptions.check(mode, r, chunks, second_order_batch, fast_depthwise)
+    prepared = prepare(model, loss_fn, train_batch=train_batch, valid_batch=valid_batch)
     return _with_second_term(
         prepared,
         train_batch,
         valid_batch,
-        mode,
-        r,
-        lambda hvp, v: neumann_series(hvp, v, terms, gamma),  # x ~ H^-1 v
-        cost=cost,
+        options,
+        lambda hvp, v: solve_neumann(hvp, v, terms, gamma),  # x ~ H^-1 v
     )
 
 
@@ -544,57 +389,3 @@ def get_estimator(name: str) -> Callable[..., Hypergradient]:
     if not isinstance(name, str) or name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; valid names: {', '.join(ESTIMATORS)}")
     return ESTIMATORS[name]
-
-
-def _check_mode_r(name: str, value: Any) -> Any:
-    if name == "mode":
-        _check_mode(value, 0.01)
-    else:
-        _check_mode("exact", value)
-    return value
-
-
-_OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
-    "eta": _number,
-    "xi": lambda n, v: v if v is None else _number(n, v),
-    "momentum": _number,
-    "weight_decay": _number,
-    "momentum_buffers": lambda n, v: v,  # checked against the weights when the estimator runs
-    "damping": _number,
-    "tol": _number,
-    "gamma": lambda n, v: _number(n, v, strict=True),
-    "iterations": _count,
-    "terms": _count,
-    "mode": _check_mode_r,
-    "r": _check_mode_r,
-    "chunks": _count,
-    "second_order_batch": _sub_batch,
-    "fast_depthwise": _flag,
-}
-
-
-def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Check option names and values for estimator ``name`` without running it.
-
-    Unknown names raise TypeError, bad values ValueError (the messages the estimator would give).
-    """
-    allowed = estimator_options(name)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) {', '.join(unknown)} for estimator {name!r}; "
-            f"it accepts: {', '.join(allowed) or 'no options'}"
-        )
-    for key, value in options.items():
-        _OPTION_CHECKS[key](key, value)
-    return dict(options)
-
-
-def estimator_options(name: str) -> dict[str, Any]:
-    """The options an estimator accepts, with their defaults (``None`` for ``xi``)."""
-    sig = inspect.signature(get_estimator(name))
-    return {
-        p.name: p.default
-        for p in sig.parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "loss_fn"
-    }

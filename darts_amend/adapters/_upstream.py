@@ -46,8 +46,10 @@ import torch
 from torch import Tensor, nn
 
 from ..architect import AmendedArchitect
-from ..estimators import ESTIMATORS, _count, _number, _sub_batch
-from ..hvp import MODES, split_parameters, unwrap_model
+from .._types import MODES
+from ..estimators import ESTIMATORS
+from ..model import split_parameters, unwrap_model
+from ..options import OPTIONS, check_number
 
 __all__ = ["UpstreamArchitect", "read_amend_options"]
 
@@ -77,7 +79,7 @@ def read_amend_options(args: Any) -> tuple[str, dict[str, Any]]:
     options: dict[str, Any] = {}
     eta = getattr(args, "amend_eta", None)
     if estimator == "amended":
-        options["eta"] = 0.1 if eta is None else _number("amend_eta", eta)
+        options["eta"] = 0.1 if eta is None else check_number("amend_eta", eta)
     elif eta is not None:
         raise ValueError(
             f"amend_eta={eta!r} is only used by amend_estimator 'amended', not {estimator!r}"
@@ -85,13 +87,13 @@ def read_amend_options(args: Any) -> tuple[str, dict[str, Any]]:
     mode = getattr(args, "amend_mode", None)
     if mode is not None and mode not in MODES:
         raise ValueError(f"invalid amend_mode {mode!r}; expected one of {', '.join(MODES)}")
-    # flags of the Hessian products: (args field, estimator option, value check)
+    # flags of the Hessian products: (args field, estimator option checked by the registry)
     product_flags = (
-        ("amend_mode", "mode", lambda name, v: v),
-        ("amend_chunks", "chunks", _count),
-        ("amend_second_order_batch", "second_order_batch", _sub_batch),
+        ("amend_mode", "mode"),
+        ("amend_chunks", "chunks"),
+        ("amend_second_order_batch", "second_order_batch"),
     )
-    for flag, option, check in product_flags:
+    for flag, option in product_flags:
         value = getattr(args, flag, None)
         if value is None:
             continue
@@ -103,7 +105,7 @@ def read_amend_options(args: Any) -> tuple[str, dict[str, Any]]:
             raise ValueError(
                 f"{flag} does nothing with amend_eta=0 (first-order DARTS: no Hessian products)"
             )
-        options[option] = check(flag, value)
+        options[option] = OPTIONS[option].check(flag, value)  # the registry's check
     return estimator, options
 
 
@@ -120,15 +122,15 @@ class UpstreamArchitect:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.network_momentum = _number("args.momentum", _required(args, "momentum"))
-        self.network_weight_decay = _number("args.weight_decay", _required(args, "weight_decay"))
-        arch_lr = _number(
+        self.network_momentum = check_number("args.momentum", _required(args, "momentum"))
+        self.network_weight_decay = check_number("args.weight_decay", _required(args, "weight_decay"))
+        arch_lr = check_number(
             "args.arch_learning_rate", _required(args, "arch_learning_rate"), strict=True
         )
-        arch_wd = _number("args.arch_weight_decay", _required(args, "arch_weight_decay"))
+        arch_wd = check_number("args.arch_weight_decay", _required(args, "arch_weight_decay"))
         self.grad_clip: float | None = None
         if self.clips_alpha_gradient:
-            self.grad_clip = _number("args.grad_clip", _required(args, "grad_clip"), strict=True)
+            self.grad_clip = check_number("args.grad_clip", _required(args, "grad_clip"), strict=True)
         self.estimator, options = read_amend_options(args)
         self.amend_eta: float | None = options.get("eta")
         self.amend_mode: str | None = options.get("mode")
@@ -236,7 +238,7 @@ class UpstreamArchitect:
         if self.estimator == "unrolled":
             xi = float(eta.item() if isinstance(eta, Tensor) else eta)
             options = dict(
-                xi=_number("eta (the weight learning rate)", xi, strict=True),
+                xi=check_number("eta (the weight learning rate)", xi, strict=True),
                 momentum=self.network_momentum,
                 momentum_buffers=self._momentum_buffers(network_optimizer),
                 weight_decay=self.network_weight_decay,

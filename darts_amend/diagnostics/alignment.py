@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from darts_amend._types import LossFn
-from darts_amend.hvp import list_cosine
+from darts_amend.tensorlist import flatten, list_cosine
 
-from .spectral import _fixed_randomness, _flatten
+from ._random import fixed_randomness
 
 __all__ = ["EstimatorAlignment", "AlignmentReport", "alignment", "dense_hypergradient"]
 
@@ -141,7 +141,7 @@ def alignment(
     statistics and the global RNG are left as found; every call sees the same dropout masks.
     """
     from darts_amend.estimators import get_estimator
-    from darts_amend.hvp import preserve_state, split_parameters
+    from darts_amend.model import preserve_state, split_parameters
 
     plan = _normalise_estimators(estimators)
     calls = {name: get_estimator(name) for name in plan}  # ValueError naming the valid names
@@ -150,17 +150,17 @@ def alignment(
     ref_call = None if reference == "dense" else get_estimator(reference)
     alphas, _ = split_parameters(model)
     like = alphas[0].detach()
-    with preserve_state(model), _fixed_randomness(like.device) as reset:
+    with preserve_state(model), fixed_randomness(like.device) as reset:
         reset()
         start = time.perf_counter()
         if ref_call is None:
             g1, g2 = dense_hypergradient(model, train_batch, valid_batch, loss_fn=loss_fn,
                                          **ref_opts)
-            ref_g2, ref_grad = _flatten(g2), _flatten(g1) + _flatten(g2)
+            ref_g2, ref_grad = flatten(g2), flatten(g1) + flatten(g2)
         else:
             ref = ref_call(model, train_batch, valid_batch, loss_fn=loss_fn, **ref_opts)
-            ref_g2 = _flatten(ref.terms.get("g2", tuple(torch.zeros_like(a) for a in alphas)))
-            ref_grad = _flatten(ref.grads)
+            ref_g2 = flatten(ref.terms.get("g2", tuple(torch.zeros_like(a) for a in alphas)))
+            ref_grad = flatten(ref.grads)
         ref_seconds = time.perf_counter() - start
         results = {}
         for name, opts in plan.items():
@@ -169,8 +169,8 @@ def alignment(
             hg = calls[name](model, train_batch, valid_batch, loss_fn=loss_fn, **opts)
             seconds = time.perf_counter() - start
             g2 = hg.terms.get("g2")
-            g2 = _flatten(g2).detach() if g2 is not None else torch.zeros_like(ref_g2)
-            grad = _flatten(hg.grads).detach()
+            g2 = flatten(g2).detach() if g2 is not None else torch.zeros_like(ref_g2)
+            grad = flatten(hg.grads).detach()
             results[name] = EstimatorAlignment(
                 cos_g2=list_cosine([g2], [ref_g2]), rel_err_g2=_rel_err(g2, ref_g2),
                 g2_norm_ratio=_ratio(g2, ref_g2), cos_grad=list_cosine([grad], [ref_grad]),

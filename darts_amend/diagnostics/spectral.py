@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from darts_amend._types import LossFn
+from darts_amend.tensorlist import flatten, unflatten
+
+from ._random import fixed_randomness
 
 __all__ = [
     "EigenResult",
@@ -167,38 +169,6 @@ def lanczos(
     return EigenResult(value, residual, steps, converged)
 
 
-def _flatten(tensors: Sequence[Tensor]) -> Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def _unflatten(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
-    out, i = [], 0
-    for t in like:
-        out.append(flat[i : i + t.numel()].view_as(t))
-        i += t.numel()
-    return out
-
-
-@contextmanager
-def _fixed_randomness(device: torch.device) -> Iterator[Callable[[], None]]:
-    """Fork the RNG (the caller's stream is untouched) and yield ``reset()``, which rewinds it.
-
-    Calling ``reset()`` before each of several forward passes makes dropout / drop-path draw
-    the same masks in each, so the passes see the same function.
-    """
-    cuda = device.type == "cuda"
-    with torch.random.fork_rng(devices=[device] if cuda else [], device_type=device.type):
-        cpu_state = torch.get_rng_state()
-        dev_state = torch.cuda.get_rng_state(device) if cuda else None
-
-        def reset() -> None:
-            torch.set_rng_state(cpu_state)
-            if dev_state is not None:
-                torch.cuda.set_rng_state(dev_state, device)
-
-        yield reset
-
-
 def dominant_eigenvalue(
     model: nn.Module,
     batch: tuple[Tensor, Tensor],
@@ -225,7 +195,8 @@ def dominant_eigenvalue(
     order of the residual squared over the spectral gap, so 1e-2 gives a value good to far
     better than 1% -- ample for a trend -- in fewer products than a tighter tolerance.
     """
-    from darts_amend.hvp import hessian_matvec, preserve_state, split_parameters
+    from darts_amend.hvp import hessian_matvec
+    from darts_amend.model import preserve_state, split_parameters
 
     if wrt not in ("alphas", "weights"):
         raise ValueError(f"invalid wrt: {wrt!r} (expected 'alphas' or 'weights')")
@@ -242,12 +213,12 @@ def dominant_eigenvalue(
     start = time.perf_counter()
     with (
         preserve_state(model),
-        _fixed_randomness(alphas[0].device),
+        fixed_randomness(alphas[0].device),
         hessian_matvec(model, batch, wrt=wrt, loss_fn=loss_fn) as hvp,
     ):
         # the solvers work on flat vectors; the core's products on lists aligned with params
         def matvec(u: Tensor) -> Tensor:
-            return _flatten(hvp(_unflatten(u, params)))
+            return flatten(hvp(unflatten(u, params)))
 
         v0 = _start_vector(sum(p.numel() for p in params), params[0].detach(), seed)
         if method == "lanczos":

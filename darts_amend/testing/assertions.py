@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from darts_amend.estimators import get_estimator
-from darts_amend.hvp import _bits_equal
+from darts_amend.tensorlist import bits_equal
 
 from .problems import BilevelProblem, make_problem
 
@@ -106,7 +106,7 @@ def _snapshot(problem: BilevelProblem) -> dict[str, Tensor]:
 
 def _changed(before: dict[str, Tensor], problem: BilevelProblem) -> list[str]:
     after = _snapshot(problem)
-    return [k for k in before if k not in after or not _bits_equal(before[k], after[k])]
+    return [k for k in before if k not in after or not bits_equal(before[k], after[k])]
 
 
 def assert_hypergradient_close(

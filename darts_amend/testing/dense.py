@@ -21,16 +21,8 @@ from torch import Tensor, nn
 
 from darts_amend._types import Batch, LossFn
 from darts_amend.estimators import Hypergradient
-from darts_amend.hvp import (
-    _check_finite,
-    _evaluate,
-    _grad,
-    check_batch,
-    preserve_state,
-    resolve_loss,
-    split_parameters,
-    unwrap_model,
-)
+from darts_amend.model import check_finite, evaluate_loss, prepare, preserve_state
+from darts_amend.tensorlist import flatten, list_grad, unflatten
 
 __all__ = [
     "MAX_DENSE_WEIGHTS",
@@ -60,16 +52,8 @@ class DenseDerivatives(NamedTuple):
     weight_weight: Tensor  #: (n, n) H = grad^2_{ww} L
 
 
-def _flat(ts: Sequence[Tensor]) -> Tensor:
-    return torch.cat([t.reshape(-1) for t in ts])
-
-
 def _unflat(vec: Tensor, like: Sequence[Tensor]) -> tuple[Tensor, ...]:
-    out, i = [], 0
-    for t in like:
-        out.append(vec[i : i + t.numel()].view_as(t))
-        i += t.numel()
-    return tuple(out)
+    return tuple(unflatten(vec, like))
 
 
 def _check_size(weights: Sequence[Tensor], max_weights: int, what: str) -> int:
@@ -89,7 +73,7 @@ def _derivatives(
     """``(gradient, Hessian rows)`` over ``alphas + weights``; ``rows`` is ``None`` (gradient
     only), ``"weights"`` (the rows of the weight entries) or ``"all"``."""
     params = list(alphas) + list(weights)
-    g = _flat(_grad(loss, params, create_graph=rows is not None))
+    g = flatten(list_grad(loss, params, create_graph=rows is not None))
     if rows is None:
         return g.detach(), None
     m = sum(a.numel() for a in alphas)
@@ -98,7 +82,9 @@ def _derivatives(
     for i in wanted:  # row i: grad_theta (dL/dtheta_i), one double backward each
         gi = g[i]
         out.append(
-            _flat(_grad(gi, params, retain_graph=True)) if gi.requires_grad else torch.zeros_like(g)
+            flatten(list_grad(gi, params, retain_graph=True))
+            if gi.requires_grad
+            else torch.zeros_like(g)
         )
     return g.detach(), torch.stack(out).detach() if out else g.new_zeros(0, g.numel())
 
@@ -116,13 +102,11 @@ def dense_derivatives(
     entry. Parameters are never written, ``.grad`` is untouched and buffers (BatchNorm running
     statistics) are restored. ValueError above ``max_weights`` weights.
     """
-    alphas, weights = split_parameters(model)
+    net, alphas, weights, loss_fn = prepare(model, loss_fn, batch=batch)
     _check_size(weights, max_weights, "dense_derivatives")
-    check_batch(batch, "batch", alphas[0].device)
-    net, loss_fn = unwrap_model(model), resolve_loss(loss_fn)
     with preserve_state(net, parameters=False):
-        loss = _evaluate(loss_fn, net, batch, "loss")
-        _check_finite(loss, "loss")
+        loss = evaluate_loss(loss_fn, net, batch, "loss")
+        check_finite(loss, "loss")
         g, hess = _derivatives(loss, alphas, weights, "all")
     assert hess is not None
     m = sum(a.numel() for a in alphas)
@@ -149,19 +133,17 @@ def exact_hypergradient(
     double backward per weight and solved directly; ValueError when the model has more than
     ``max_weights`` weights or H is singular. The model is left exactly as found.
     """
-    alphas, weights = split_parameters(model)
+    net, alphas, weights, loss_fn = prepare(
+        model, loss_fn, train_batch=train_batch, valid_batch=valid_batch
+    )
     _check_size(weights, max_weights, "exact_hypergradient")
-    device = alphas[0].device
-    check_batch(train_batch, "train_batch", device)
-    check_batch(valid_batch, "valid_batch", device)
-    net, loss_fn = unwrap_model(model), resolve_loss(loss_fn)
     m = sum(a.numel() for a in alphas)
     with preserve_state(net, parameters=False):
-        val_loss = _evaluate(loss_fn, net, valid_batch, "validation loss")
-        _check_finite(val_loss, "validation loss")
+        val_loss = evaluate_loss(loss_fn, net, valid_batch, "validation loss")
+        check_finite(val_loss, "validation loss")
         g_val, _ = _derivatives(val_loss, alphas, weights, None)
-        train_loss = _evaluate(loss_fn, net, train_batch, "training loss")
-        _check_finite(train_loss, "training loss")
+        train_loss = evaluate_loss(loss_fn, net, train_batch, "training loss")
+        check_finite(train_loss, "training loss")
         _, rows = _derivatives(train_loss, alphas, weights, "weights")
     assert rows is not None
     g1, v = g_val[:m], g_val[m:]
@@ -199,10 +181,8 @@ def solve_inner_(
     norm; RuntimeError when it does not get there in ``max_iterations`` steps or H is not
     positive definite at the end. Alphas are not touched; buffers are restored.
     """
-    alphas, weights = split_parameters(model)
+    net, alphas, weights, loss_fn = prepare(model, loss_fn, train_batch=train_batch)
     n = _check_size(weights, max_weights, "solve_inner_")
-    check_batch(train_batch, "train_batch", alphas[0].device)
-    net, loss_fn = unwrap_model(model), resolve_loss(loss_fn)
     like = weights[0]
     eye = torch.eye(n, dtype=like.dtype, device=like.device)
 
@@ -218,8 +198,8 @@ def solve_inner_(
     with preserve_state(net, parameters=False):
         mu = 0.0
         for _ in range(max_iterations):
-            loss = _evaluate(loss_fn, net, train_batch, "training loss")
-            _check_finite(loss, "training loss")
+            loss = evaluate_loss(loss_fn, net, train_batch, "training loss")
+            check_finite(loss, "training loss")
             g, rows = _derivatives(loss, [], weights, "all")
             assert rows is not None
             h = 0.5 * (rows + rows.T)
@@ -231,7 +211,7 @@ def solve_inner_(
                         "(a saddle point, not a strict local minimum)"
                     )
                 return gnorm
-            w0, f0 = _flat([w.detach() for w in weights]).clone(), float(loss.detach())
+            w0, f0 = flatten([w.detach() for w in weights]).clone(), float(loss.detach())
             scale = max(float(h.diagonal().abs().max()), 1e-12)
             for _ in range(60):  # find mu: H + mu I positive definite and a loss that does not rise
                 chol, info = torch.linalg.cholesky_ex(h + mu * eye)
