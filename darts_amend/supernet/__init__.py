@@ -6,7 +6,7 @@ API notes (deviations from / additions to the coordination contract):
 - ``build_search_network(layers=None)``: None means the space's own cell count (8 for darts and
   s1, 20 for s2); pass an int to override.
 - Alphas are registered parameters, so ``net.parameters()`` includes them: give the weight
-  optimizer ``net.weight_parameters()`` (or ``darts_amend.hvp.split_parameters``).
+  optimizer ``net.weight_parameters()`` (or ``darts_amend.model.split_parameters``).
 - ``NetworkCIFAR`` / ``NetworkImageNet`` return logits, or ``(logits, aux_logits)`` in training
   mode with an auxiliary head -- the same convention as the search network (upstream DARTS
   always returns a pair).
@@ -23,21 +23,22 @@ from .evaluation import (
     count_multiply_adds,
     count_parameters,
 )
-from .genotypes import DARTS_V1, DARTS_V2, GENOTYPES, CellGenotype, Genotype
-from .nb201 import NB201_DARTS, NB201Genotype, NB201Network, NB201SearchNetwork
-from .operations import OPS, PARAMETER_FREE, PRIMITIVES
-from .plot import genotype_to_dot, plot_cell, plot_genotype, plot_network, plot_space
-from .search import (
-    MixedOp,
-    SearchCell,
-    SearchNetwork,
-    build_search_network,
-    derive_cell,
-    is_converged,
-    kept_edges,
-    parameter_free_share,
+from .derive import derive_cell, derive_nb201, kept_edges, parameter_free_share
+from .genotypes import (
+    DARTS_V1,
+    DARTS_V2,
+    GENOTYPES,
+    NB201_DARTS,
+    CellGenotype,
+    Genotype,
+    NB201Genotype,
 )
+from .nb201 import NB201Network, NB201SearchNetwork
+from .operations import OPS, PARAMETER_FREE, PRIMITIVES, MixedOp
+from .plot import genotype_to_dot, plot_cell, plot_genotype, plot_network, plot_space
+from .search import SearchCell, SearchNetwork, build_search_network, is_converged
 from .spaces import SPACES, SearchSpace, get_space, space_size
+from .topology import CELL_TOPOLOGIES, CellTopology
 
 __all__ = [
     "PRIMITIVES",
@@ -46,11 +47,14 @@ __all__ = [
     "SearchSpace",
     "get_space",
     "space_size",
+    "CELL_TOPOLOGIES",
+    "CellTopology",
     "MixedOp",
     "SearchCell",
     "SearchNetwork",
     "build_search_network",
     "derive_cell",
+    "derive_nb201",
     "kept_edges",
     "is_converged",
     "parameter_free_share",

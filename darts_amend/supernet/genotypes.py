@@ -10,7 +10,8 @@ genotype per cell, as in the paper's S2 space). It round-trips through JSON, par
 upstream DARTS prints, and prints a readable form. The readers (:meth:`Genotype.parse`,
 :meth:`Genotype.from_dict`, :meth:`Genotype.from_json`) also accept NAS-Bench-201 cells (the
 ``|op~0|+|...|`` string or ``{"nb201": ...}``) and then return a
-:class:`~darts_amend.supernet.nb201.NB201Genotype`.
+:class:`NB201Genotype` (defined here, with the other genotypes; the NB201 networks are in
+:mod:`darts_amend.supernet.nb201`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .operations import OPS
+from .operations import OPS, PARAMETER_FREE
 
-__all__ = ["CellGenotype", "Genotype", "DARTS_V1", "DARTS_V2", "GENOTYPES"]
+__all__ = [
+    "CellGenotype",
+    "Genotype",
+    "DARTS_V1",
+    "DARTS_V2",
+    "GENOTYPES",
+    "NB201Genotype",
+    "NB201_DARTS",
+]
 
 _FORMAT = "darts-amend-genotype/1"
 Gene = tuple[str, int]
@@ -200,8 +209,6 @@ class Genotype:
         if not isinstance(data, dict):
             raise ValueError(f"genotype: expected a JSON object, got {type(data).__name__}")
         if "nb201" in data:  # an NB201 cell: its own class
-            from .nb201 import NB201Genotype
-
             return NB201Genotype.from_dict(data)  # type: ignore[return-value]
         fmt = data.get("format", _FORMAT)
         if fmt != _FORMAT:
@@ -252,8 +259,6 @@ class Genotype:
         if text.startswith("{"):
             return cls.from_json(text)
         if text.startswith("|"):
-            from .nb201 import NB201Genotype
-
             return NB201Genotype.from_string(text)  # type: ignore[return-value]
         match = re.fullmatch(r"Genotype\((.*)\)", text, flags=re.S)
         if not match:
@@ -337,3 +342,121 @@ DARTS_V2 = Genotype(
 
 #: Named genotypes (for ``--genotype NAME`` style look-ups).
 GENOTYPES: dict[str, Genotype] = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "DARTS": DARTS_V2}
+
+
+# --------------------------------------------------------------------------- NB201 cells
+
+_GENE = re.compile(r"([A-Za-z0-9_]+)~(\d+)")
+
+
+@dataclass(frozen=True)
+class NB201Genotype:
+    """An NB201 cell: ``nodes[i]`` lists the ``(op, input_state)`` pairs of node ``i + 1``, one
+    per earlier state, in input order (NB201's ``Structure``). Any operation of :data:`OPS`
+    is accepted; NB201's own five are the benchmark's."""
+
+    nodes: tuple[tuple[tuple[str, int], ...], ...]
+
+    def __post_init__(self) -> None:
+        try:
+            nodes = tuple(tuple((str(op), int(j)) for op, j in node) for node in self.nodes)
+        except (TypeError, ValueError):
+            raise ValueError(f"nb201 genotype: expected nodes of (op, input) pairs, "
+                             f"got {self.nodes!r}") from None
+        if not nodes:
+            raise ValueError("nb201 genotype needs at least one node")
+        for i, node in enumerate(nodes):
+            if [j for _, j in node] != list(range(i + 1)):
+                raise ValueError(f"nb201 genotype: node {i + 1} must take states 0..{i} once each, "
+                                 f"in order; got {[j for _, j in node]}")
+            for op, _ in node:
+                if op not in OPS:
+                    raise ValueError(f"nb201 genotype: unknown operation {op!r}; "
+                                     f"known: {sorted(OPS)}")
+        object.__setattr__(self, "nodes", nodes)
+
+    # -- the interface the CLI and plots share with Genotype ---------------------------------
+    is_nb201 = True
+    is_per_cell = False
+    num_cells = None  # one cell for every position, any depth
+
+    @property
+    def steps(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def edges(self) -> list[tuple[int, int, str]]:
+        """``(node_state, input_state, op)`` for every edge, node by node."""
+        return [(i + 1, j, op) for i, node in enumerate(self.nodes) for op, j in node]
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        return tuple(op for _, _, op in self.edges)
+
+    def skip_share(self) -> float:
+        """Fraction of the edges that are ``skip_connect`` (1.0 for the all-skip cell)."""
+        return sum(op == "skip_connect" for op in self.ops) / len(self.ops)
+
+    def parameter_free_share(self) -> float:
+        """Fraction of the edges whose op has no parameters (none, skip, pooling)."""
+        return sum(op in PARAMETER_FREE for op in self.ops) / len(self.ops)
+
+    def connected(self) -> bool:
+        """Whether a path of edges other than ``none`` joins the cell input (state 0) to its
+        output (the last node). Without one the cell outputs zeros whatever its input, and a
+        network of such cells cannot learn (it re-trains to chance accuracy)."""
+        reached = {0}
+        for i, node in enumerate(self.nodes, start=1):
+            if any(op != "none" and j in reached for op, j in node):
+                reached.add(i)
+        return len(self.nodes) in reached
+
+    def to_string(self) -> str:
+        return "+".join("|" + "|".join(f"{op}~{j}" for op, j in node) + "|"
+                        for node in self.nodes)
+
+    def __str__(self) -> str:
+        return self.to_string()
+
+    @classmethod
+    def from_string(cls, text: str) -> NB201Genotype:
+        """Parse ``|nor_conv_3x3~0|+|skip_connect~0|none~1|+|...|``."""
+        text = text.strip()
+        parts = text.split("+")
+        if not text or any(not (p.startswith("|") and p.endswith("|") and len(p) > 2)
+                           for p in parts):
+            raise ValueError(f"not an NB201 genotype string: {text!r}")
+        nodes = []
+        for part in parts:
+            genes = part[1:-1].split("|")
+            matched = [_GENE.fullmatch(g) for g in genes]
+            if not all(matched):
+                raise ValueError(f"NB201 genotype string: cannot read node {part!r}")
+            nodes.append(tuple((m.group(1), int(m.group(2))) for m in matched if m))
+        return cls(tuple(nodes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": _FORMAT, "nb201": self.to_string()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NB201Genotype:
+        if not isinstance(data, dict) or "nb201" not in data:
+            raise ValueError(f"nb201 genotype: expected a dict with 'nb201', got {data!r}")
+        extra = set(data) - {"format", "nb201"}
+        if extra:
+            raise ValueError(f"nb201 genotype: unknown keys {sorted(extra)}")
+        if data.get("format", _FORMAT) != _FORMAT:
+            raise ValueError(f"genotype: unsupported format {data['format']!r}")
+        return cls.from_string(str(data["nb201"]))
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> NB201Genotype:
+        return cls.from_dict(json.loads(text))
+
+
+#: What DARTS-V1 and DARTS-V2 find on NAS-Bench-201 (its paper, Table 5): every edge skip.
+NB201_DARTS = NB201Genotype(tuple(tuple(("skip_connect", j) for j in range(i + 1))
+                                  for i in range(3)))

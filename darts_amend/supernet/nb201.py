@@ -16,17 +16,16 @@ after the ``~``); the search reads it off with NB201's rule: every edge keeps it
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .operations import OPS, PARAMETER_FREE, Identity, ReLUConvBN, Zero, drop_path, make_op
+from .derive import derive_nb201, parameter_free_share
+from .genotypes import NB201_DARTS, NB201Genotype
+from .operations import Identity, MixedOp, ReLUConvBN, Zero, drop_path, make_op
 from .spaces import SearchSpace, get_space
 
 __all__ = [
@@ -35,137 +34,9 @@ __all__ = [
     "ResidualBlock",
     "NB201SearchNetwork",
     "NB201Network",
+    "build_nb201_search_network",
     "derive_nb201",
 ]
-
-_FORMAT = "darts-amend-genotype/1"
-_GENE = re.compile(r"([A-Za-z0-9_]+)~(\d+)")
-
-
-@dataclass(frozen=True)
-class NB201Genotype:
-    """An NB201 cell: ``nodes[i]`` lists the ``(op, input_state)`` pairs of node ``i + 1``, one
-    per earlier state, in input order (NB201's ``Structure``). Any operation of :data:`OPS`
-    is accepted; NB201's own five are the benchmark's."""
-
-    nodes: tuple[tuple[tuple[str, int], ...], ...]
-
-    def __post_init__(self) -> None:
-        try:
-            nodes = tuple(tuple((str(op), int(j)) for op, j in node) for node in self.nodes)
-        except (TypeError, ValueError):
-            raise ValueError(f"nb201 genotype: expected nodes of (op, input) pairs, "
-                             f"got {self.nodes!r}") from None
-        if not nodes:
-            raise ValueError("nb201 genotype needs at least one node")
-        for i, node in enumerate(nodes):
-            if [j for _, j in node] != list(range(i + 1)):
-                raise ValueError(f"nb201 genotype: node {i + 1} must take states 0..{i} once each, "
-                                 f"in order; got {[j for _, j in node]}")
-            for op, _ in node:
-                if op not in OPS:
-                    raise ValueError(f"nb201 genotype: unknown operation {op!r}; "
-                                     f"known: {sorted(OPS)}")
-        object.__setattr__(self, "nodes", nodes)
-
-    # -- the interface the CLI and plots share with Genotype ---------------------------------
-    is_nb201 = True
-    is_per_cell = False
-    num_cells = None  # one cell for every position, any depth
-
-    @property
-    def steps(self) -> int:
-        return len(self.nodes)
-
-    @property
-    def edges(self) -> list[tuple[int, int, str]]:
-        """``(node_state, input_state, op)`` for every edge, node by node."""
-        return [(i + 1, j, op) for i, node in enumerate(self.nodes) for op, j in node]
-
-    @property
-    def ops(self) -> tuple[str, ...]:
-        return tuple(op for _, _, op in self.edges)
-
-    def skip_share(self) -> float:
-        """Fraction of the edges that are ``skip_connect`` (1.0 for the all-skip cell)."""
-        return sum(op == "skip_connect" for op in self.ops) / len(self.ops)
-
-    def parameter_free_share(self) -> float:
-        """Fraction of the edges whose op has no parameters (none, skip, pooling)."""
-        return sum(op in PARAMETER_FREE for op in self.ops) / len(self.ops)
-
-    def connected(self) -> bool:
-        """Whether a path of edges other than ``none`` joins the cell input (state 0) to its
-        output (the last node). Without one the cell outputs zeros whatever its input, and a
-        network of such cells cannot learn (it re-trains to chance accuracy)."""
-        reached = {0}
-        for i, node in enumerate(self.nodes, start=1):
-            if any(op != "none" and j in reached for op, j in node):
-                reached.add(i)
-        return len(self.nodes) in reached
-
-    def to_string(self) -> str:
-        return "+".join("|" + "|".join(f"{op}~{j}" for op, j in node) + "|"
-                        for node in self.nodes)
-
-    def __str__(self) -> str:
-        return self.to_string()
-
-    @classmethod
-    def from_string(cls, text: str) -> NB201Genotype:
-        """Parse ``|nor_conv_3x3~0|+|skip_connect~0|none~1|+|...|``."""
-        text = text.strip()
-        parts = text.split("+")
-        if not text or any(not (p.startswith("|") and p.endswith("|") and len(p) > 2)
-                           for p in parts):
-            raise ValueError(f"not an NB201 genotype string: {text!r}")
-        nodes = []
-        for part in parts:
-            genes = part[1:-1].split("|")
-            matched = [_GENE.fullmatch(g) for g in genes]
-            if not all(matched):
-                raise ValueError(f"NB201 genotype string: cannot read node {part!r}")
-            nodes.append(tuple((m.group(1), int(m.group(2))) for m in matched if m))
-        return cls(tuple(nodes))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": _FORMAT, "nb201": self.to_string()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> NB201Genotype:
-        if not isinstance(data, dict) or "nb201" not in data:
-            raise ValueError(f"nb201 genotype: expected a dict with 'nb201', got {data!r}")
-        extra = set(data) - {"format", "nb201"}
-        if extra:
-            raise ValueError(f"nb201 genotype: unknown keys {sorted(extra)}")
-        if data.get("format", _FORMAT) != _FORMAT:
-            raise ValueError(f"genotype: unsupported format {data['format']!r}")
-        return cls.from_string(str(data["nb201"]))
-
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
-    @classmethod
-    def from_json(cls, text: str) -> NB201Genotype:
-        return cls.from_dict(json.loads(text))
-
-
-#: What DARTS-V1 and DARTS-V2 find on NAS-Bench-201 (its paper, Table 5): every edge skip.
-NB201_DARTS = NB201Genotype(tuple(tuple(("skip_connect", j) for j in range(i + 1))
-                                  for i in range(3)))
-
-
-def derive_nb201(space: SearchSpace, op_weights: Tensor) -> tuple[NB201Genotype, list]:
-    """NB201's rule: every edge keeps its argmax op (``none`` included). Returns the genotype
-    and the kept ``(edge_index, op_index)`` pairs."""
-    from .search import kept_edges
-
-    kept = kept_edges(space, op_weights)
-    it = iter(kept)
-    nodes = tuple(tuple((space.ops[next(it)[1]], j) for j in space.node_inputs(n))
-                  for n in range(space.steps))
-    return NB201Genotype(nodes), kept
-
 
 class ResidualBlock(nn.Module):
     """NAS-Bench-201's residual block between stages: ReLU-conv3x3(stride)-BN, ReLU-conv3x3-BN,
@@ -230,8 +101,6 @@ class _Body(nn.Module):
 class _SearchCell(nn.Module):
     def __init__(self, space: SearchSpace, C: int) -> None:
         super().__init__()
-        from .search import MixedOp
-
         self.space = space
         self.ops = nn.ModuleList(MixedOp(C, 1, space.ops, pool_bn=False) for _ in space.edges())
 
@@ -311,8 +180,6 @@ class NB201SearchNetwork(_Body):
         return {"cell": [float(w[e, o]) for e, o in kept]}
 
     def parameter_free_share(self) -> dict[str, float]:
-        from .search import parameter_free_share
-
         return parameter_free_share(self.space, self.edge_weights())
 
 
@@ -361,3 +228,30 @@ class NB201Network(_Body):
         for cell in self.cells:
             s = cell(s, self.drop_path_prob) if isinstance(cell, _Cell) else cell(s)
         return self._head(s)
+
+
+def build_nb201_search_network(
+    spec: SearchSpace,
+    *,
+    C: int,
+    num_classes: int,
+    in_channels: int,
+    partial_channels: int,
+    edge_normalization: bool,
+    drop_path_prob: float,
+    dropout: float,
+    auxiliary: bool,
+    **kwargs: Any,
+) -> NB201SearchNetwork:
+    """The builder :func:`darts_amend.supernet.search.build_search_network` uses for NB201
+    cells: no PC-DARTS options, no auxiliary tower, CIFAR stem only (ValueError otherwise)."""
+    unsupported = {"partial_channels": partial_channels != 1, "auxiliary": auxiliary,
+                   "edge_normalization": edge_normalization,
+                   "stem": kwargs.pop("stem", "cifar") != "cifar"}
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise ValueError(f"the nb201 supernet does not support {', '.join(bad)}")
+    kwargs.pop("auxiliary_weight", None)
+    return NB201SearchNetwork(spec, C=C, num_classes=num_classes, layers=spec.layers,
+                              in_channels=in_channels, drop_path_prob=drop_path_prob,
+                              dropout=dropout, **kwargs)

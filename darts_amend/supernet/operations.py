@@ -10,7 +10,7 @@ so any image size >= 8 works (upstream DARTS needs even sizes in ``FactorizedRed
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,8 @@ __all__ = [
     "make_head",
     "make_stem",
     "drop_path",
+    "MixedOp",
+    "channel_shuffle",
 ]
 
 #: The eight DARTS candidate operations, in the order of the DARTS paper (and of its alphas).
@@ -319,3 +321,57 @@ def make_head(
     pooling = nn.AdaptiveAvgPool2d(1)
     drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
     return auxiliary_head, pooling, drop, nn.Linear(C_prev, num_classes)
+
+
+# --------------------------------------------------------------------------- mixed edges
+
+
+def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """Interleave ``groups`` channel groups (ShuffleNet), as PC-DARTS does after a partial edge."""
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+class MixedOp(nn.Module):
+    """sum_o w_o * o(x) over the candidate operations, on 1/K of the channels (PC-DARTS)."""
+
+    def __init__(
+        self,
+        C: int,
+        stride: int,
+        op_names: Sequence[str],
+        partial_channels: int = 1,
+        pool_bn: bool = True,
+    ) -> None:
+        super().__init__()
+        if partial_channels < 1 or C % partial_channels:
+            raise ValueError(f"partial_channels={partial_channels} must be >= 1 and divide C={C}")
+        self.k = partial_channels
+        self.stride = stride
+        c_op = C // partial_channels
+        self.ops = nn.ModuleList()
+        for name in op_names:
+            op = make_op(name, c_op, stride, affine=False)
+            if pool_bn and "pool" in name:  # as DARTS: a non-affine BN puts pooled maps on
+                # the conv ops' scale (NAS-Bench-201 pools without it: pool_bn=False)
+                op = nn.Sequential(op, nn.BatchNorm2d(c_op, affine=False))
+            self.ops.append(op)
+        # drop-path spares identities (as in evaluation) and pointless zero maps
+        self._droppable = [not isinstance(op, (Identity, Zero)) for op in self.ops]
+
+    def forward(self, x: Tensor, weights: Tensor, drop_prob: float = 0.0) -> Tensor:
+        if self.k > 1:
+            split = x.shape[1] // self.k
+            x, rest = x[:, :split], x[:, split:]
+        out = None
+        for w, op, droppable in zip(weights, self.ops, self._droppable, strict=True):
+            y = op(x)
+            if droppable and drop_prob > 0.0:
+                y = drop_path(y, drop_prob)
+            out = w * y if out is None else out + w * y
+        assert out is not None
+        if self.k > 1:
+            if self.stride > 1:
+                rest = F.max_pool2d(rest, 2, 2, ceil_mode=True)
+            out = channel_shuffle(torch.cat([out, rest], dim=1), self.k)
+        return out

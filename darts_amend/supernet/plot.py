@@ -12,9 +12,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from .genotypes import CellGenotype, Genotype
-from .nb201 import NB201Genotype
-from .spaces import SearchSpace
+from .genotypes import CellGenotype, Genotype, NB201Genotype
+from .spaces import SearchSpace, get_space
 
 __all__ = [
     "plot_genotype",
@@ -300,12 +299,10 @@ def plot_network(
 
 def plot_space(space: SearchSpace | str, path: str | Path, title: str | None = None) -> Path:
     """Draw a search space's cell: every candidate edge (each mixes all of the space's ops)."""
-    from .spaces import get_space
-
     spec = get_space(space)
     path = Path(path)
     edges = [(src, node, None) for node, src in spec.edges()]
-    if spec.cell == "nb201":
+    if spec.num_inputs == 1:  # one cell input (NB201): nodes in a chain
         fig = _new_figure(1.6 * (spec.steps + 1) + 0.8, 3.8)
         ax = fig.add_axes((0.0, 0.0, 1.0, 0.86))
         _draw_chain(ax, spec.steps, [(src, node + 1, None) for node, src in spec.edges()],
@@ -316,7 +313,7 @@ def plot_space(space: SearchSpace | str, path: str | Path, title: str | None = N
         _draw_graph(ax, spec.steps, edges, spec.concat, labels=False)
     if title is None:
         sharing = ("own alphas per cell" if spec.per_cell else "one alpha set for all cells"
-                   if spec.cell == "nb201" else "alphas shared by cell type")
+                   if spec.topology.one_alpha_set else "alphas shared by cell type")
         ops = (f"ops: {', '.join(spec.ops)}" if spec.edge_ops is None
                else f"{spec.ops_per_edge} ops per edge, from: {', '.join(spec.ops)}")
         title = f"{spec.name}: {spec.num_edges} edges x {spec.ops_per_edge} ops, {sharing}\n{ops}"

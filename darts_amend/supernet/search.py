@@ -18,29 +18,24 @@ Options beyond DARTS:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .derive import derive_cell, kept_edges, parameter_free_share
 from .genotypes import CellGenotype, Genotype
+from .nb201 import NB201SearchNetwork, build_nb201_search_network
 from .operations import (
-    PARAMETER_FREE,
     FactorizedReduce,
-    Identity,
+    MixedOp,
     ReLUConvBN,
-    Zero,
-    drop_path,
+    channel_shuffle,
     make_head,
-    make_op,
     make_stem,
 )
 from .spaces import SearchSpace, get_space
-
-if TYPE_CHECKING:
-    from .nb201 import NB201SearchNetwork
 
 __all__ = [
     "MixedOp",
@@ -52,62 +47,12 @@ __all__ = [
     "is_converged",
     "kept_edges",
     "parameter_free_share",
+    "SEARCH_NETWORKS",
 ]
 
 logger = logging.getLogger(__name__)
 
 Criterion = Callable[[Tensor, Tensor], Tensor]
-
-
-def channel_shuffle(x: Tensor, groups: int) -> Tensor:
-    """Interleave ``groups`` channel groups (ShuffleNet), as PC-DARTS does after a partial edge."""
-    b, c, h, w = x.shape
-    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
-
-
-class MixedOp(nn.Module):
-    """sum_o w_o * o(x) over the candidate operations, on 1/K of the channels (PC-DARTS)."""
-
-    def __init__(
-        self,
-        C: int,
-        stride: int,
-        op_names: Sequence[str],
-        partial_channels: int = 1,
-        pool_bn: bool = True,
-    ) -> None:
-        super().__init__()
-        if partial_channels < 1 or C % partial_channels:
-            raise ValueError(f"partial_channels={partial_channels} must be >= 1 and divide C={C}")
-        self.k = partial_channels
-        self.stride = stride
-        c_op = C // partial_channels
-        self.ops = nn.ModuleList()
-        for name in op_names:
-            op = make_op(name, c_op, stride, affine=False)
-            if pool_bn and "pool" in name:  # as DARTS: a non-affine BN puts pooled maps on
-                # the conv ops' scale (NAS-Bench-201 pools without it: pool_bn=False)
-                op = nn.Sequential(op, nn.BatchNorm2d(c_op, affine=False))
-            self.ops.append(op)
-        # drop-path spares identities (as in evaluation) and pointless zero maps
-        self._droppable = [not isinstance(op, (Identity, Zero)) for op in self.ops]
-
-    def forward(self, x: Tensor, weights: Tensor, drop_prob: float = 0.0) -> Tensor:
-        if self.k > 1:
-            split = x.shape[1] // self.k
-            x, rest = x[:, :split], x[:, split:]
-        out = None
-        for w, op, droppable in zip(weights, self.ops, self._droppable, strict=True):
-            y = op(x)
-            if droppable and drop_prob > 0.0:
-                y = drop_path(y, drop_prob)
-            out = w * y if out is None else out + w * y
-        assert out is not None
-        if self.k > 1:
-            if self.stride > 1:
-                rest = F.max_pool2d(rest, 2, 2, ceil_mode=True)
-            out = channel_shuffle(torch.cat([out, rest], dim=1), self.k)
-        return out
 
 
 class SearchCell(nn.Module):
@@ -167,91 +112,6 @@ def _node_softmax(space: SearchSpace, betas: Tensor) -> Tensor:
         parts.append(F.softmax(betas[start : start + n], dim=-1))
         start += n
     return torch.cat(parts)
-
-
-def kept_edges(
-    space: SearchSpace,
-    op_weights: Tensor,
-    edge_weights: Tensor | None = None,
-    *,
-    reduction: bool = False,
-) -> list[tuple[int, int]]:
-    """The ``(edge_index, op_index)`` pairs the space's genotype rule keeps, node by node.
-
-    darts-style spaces: per node, the ``inputs_per_node`` inputs whose best non-``none`` weight
-    (times the edge weight, with edge normalisation) is largest, each with that op. Fixed-edge
-    spaces: every edge with its argmax op (``none`` excluded). NB201: every edge with its argmax
-    op, ``none`` included (NAS-Bench-201's rule). ``noise`` is an op like any other (RobustDARTS
-    S4 keeps it). ``reduction`` picks the op lists of spaces with per-edge ops (s1r).
-    """
-    w = op_weights.detach().to(torch.float64).cpu()
-    if edge_weights is not None:
-        w = w * edge_weights.detach().to(torch.float64).cpu()[:, None]
-    names = space.edge_op_names(reduction)
-    if w.shape != (len(names), space.ops_per_edge):
-        raise ValueError(f"space {space.name!r}: weights of shape {tuple(w.shape)}, expected "
-                         f"{(len(names), space.ops_per_edge)}")
-    allowed = torch.tensor([[op != "none" or space.keeps_none for op in ops] for ops in names])
-    masked = w.masked_fill(~allowed, float("-inf"))
-    best_val, best_op = masked.max(dim=1)
-    kept: list[tuple[int, int]] = []
-    e = 0
-    for node in range(space.steps):
-        idx = list(range(e, e + len(space.node_inputs(node))))
-        if space.fixed_edges or space.cell == "nb201":
-            chosen = idx
-        else:  # stable sort: ties go to the lower input index
-            chosen = sorted(idx, key=lambda i: -float(best_val[i]))[: space.inputs_per_node]
-        kept += [(i, int(best_op[i])) for i in chosen]
-        e += len(idx)
-    return kept
-
-
-def derive_cell(
-    space: SearchSpace,
-    op_weights: Tensor,
-    edge_weights: Tensor | None = None,
-    *,
-    reduction: bool = False,
-) -> tuple[CellGenotype, list[tuple[int, int]]]:
-    """Read a DARTS-type cell genotype off softmaxed weights (``edges x ops``), under the rule
-    of :func:`kept_edges`. Returns the genotype and the kept ``(edge_index, op_index)`` pairs.
-    (NB201 cells: :func:`darts_amend.supernet.nb201.derive_nb201`.)"""
-    if space.cell != "darts":
-        raise ValueError(f"space {space.name!r} has {space.cell} cells; use derive_nb201")
-    kept = kept_edges(space, op_weights, edge_weights, reduction=reduction)
-    edges, names = space.edges(), space.edge_op_names(reduction)
-    genes = tuple((names[i][o], edges[i][1]) for i, o in kept)
-    return CellGenotype(genes, space.concat), kept
-
-
-def parameter_free_share(
-    space: SearchSpace, op_weights: Mapping[str, Tensor | Sequence[Sequence[float]]]
-) -> dict[str, float]:
-    """How parameter-free (:data:`~darts_amend.supernet.operations.PARAMETER_FREE`: none, noise,
-    skip, pools) an architecture is, from the softmax weights of every alpha set.
-
-    - ``pf_share``: over the edges the genotype keeps, the fraction whose top op among *all*
-      candidates (``none`` included) is parameter-free. An edge that ``none`` dominates counts,
-      although DARTS' rule then writes its best other op into the genotype (s3r).
-    - ``pf_share_genotype``: the fraction of the genotype's ops that are parameter-free.
-    In spaces without ``none`` (and in NB201, which keeps ``none``) the two are equal.
-    ``op_weights`` maps cell kind -> ``edges x ops`` weights (tensors or nested lists, as
-    ``metrics.jsonl`` stores them), e.g. :meth:`SearchNetwork.edge_weights`.
-    """
-    kept_pf = genotype_pf = total = 0
-    for kind, w in op_weights.items():
-        w = torch.as_tensor(w, dtype=torch.float64)
-        reduction = kind == "reduce"
-        names = space.edge_op_names(reduction)
-        top = w.argmax(dim=1)
-        for e, o in kept_edges(space, w, reduction=reduction):
-            total += 1
-            kept_pf += names[e][int(top[e])] in PARAMETER_FREE
-            genotype_pf += names[e][o] in PARAMETER_FREE
-    if total == 0:
-        raise ValueError("no alpha sets given")
-    return {"pf_share": kept_pf / total, "pf_share_genotype": genotype_pf / total}
 
 
 class SearchNetwork(nn.Module):
@@ -461,6 +321,11 @@ def is_converged(net: SearchNetwork, threshold: float = 0.5) -> bool:
     return all(w >= threshold for ws in net.kept_op_weights().values() for w in ws)
 
 
+#: Builders of the search networks of cell topologies that are not DARTS cells, by
+#: ``SearchSpace.cell`` (DARTS cells: :class:`SearchNetwork`).
+SEARCH_NETWORKS: dict[str, Callable[..., nn.Module]] = {"nb201": build_nb201_search_network}
+
+
 def build_search_network(
     space: str | SearchSpace = "darts",
     C: int = 16,
@@ -486,19 +351,12 @@ def build_search_network(
     tower, CIFAR stem only).
     """
     spec = get_space(space, ops=ops, layers=layers)
-    if spec.cell == "nb201":
-        from .nb201 import NB201SearchNetwork
-
-        unsupported = {"partial_channels": partial_channels != 1, "auxiliary": auxiliary,
-                       "edge_normalization": edge_normalization,
-                       "stem": kwargs.pop("stem", "cifar") != "cifar"}
-        bad = [k for k, v in unsupported.items() if v]
-        if bad:
-            raise ValueError(f"the nb201 supernet does not support {', '.join(bad)}")
-        kwargs.pop("auxiliary_weight", None)
-        return NB201SearchNetwork(spec, C=C, num_classes=num_classes, layers=spec.layers,
-                                  in_channels=in_channels, drop_path_prob=drop_path_prob,
-                                  dropout=dropout, **kwargs)
+    builder = SEARCH_NETWORKS.get(spec.cell)
+    if builder is not None:  # a cell topology with its own network (NB201)
+        return builder(spec, C=C, num_classes=num_classes, in_channels=in_channels,
+                       partial_channels=partial_channels, edge_normalization=edge_normalization,
+                       drop_path_prob=drop_path_prob, dropout=dropout, auxiliary=auxiliary,
+                       **kwargs)
     net = SearchNetwork(
         spec,
         C=C,

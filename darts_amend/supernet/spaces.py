@@ -28,13 +28,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from .operations import OPS, PRIMITIVES
+from .topology import CELL_TOPOLOGIES, CellTopology
 
 __all__ = ["SearchSpace", "SPACES", "CELL_TYPES", "get_space", "space_size"]
 
 #: ``darts``: two inputs (c_{k-2}, c_{k-1}), ``steps`` nodes, output = concat of the last
 #: ``multiplier`` states. ``nb201``: one input, ``steps`` nodes each summing every earlier state,
 #: output = the last node (NAS-Bench-201).
-CELL_TYPES = ("darts", "nb201")
+CELL_TYPES = tuple(CELL_TOPOLOGIES)
 
 EdgeOps = tuple[tuple[str, ...], ...]
 
@@ -80,7 +81,7 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ops", tuple(self.ops))
-        if self.cell not in CELL_TYPES:
+        if self.cell not in CELL_TOPOLOGIES:
             raise ValueError(f"space {self.name!r}: unknown cell type {self.cell!r}; "
                              f"known: {list(CELL_TYPES)}")
         if not self.ops:
@@ -107,18 +108,14 @@ class SearchSpace:
             raise ValueError(f"space {self.name!r}: invalid inputs_per_node {self.inputs_per_node}")
         if self.fixed_edges and self.inputs_per_node != 2:
             raise ValueError(f"space {self.name!r}: fixed edges give exactly 2 inputs per node")
-        if not self.fixed_edges and self.inputs_per_node > 2 and self.cell == "darts":
-            raise ValueError(
-                f"space {self.name!r}: node 0 has only 2 possible inputs, "
-                f"cannot keep {self.inputs_per_node}"
-            )
-        if self.cell == "nb201" and (
-            self.fixed_edges or self.per_cell or self.multiplier != 1 or self.edge_ops
-        ):
-            raise ValueError(
-                f"space {self.name!r}: an nb201 cell has free edges (all kept), shared alphas, "
-                "one output node (multiplier 1) and the same ops on every edge"
-            )
+        self.topology.check(
+            self.name,
+            fixed_edges=self.fixed_edges,
+            per_cell=self.per_cell,
+            multiplier=self.multiplier,
+            inputs_per_node=self.inputs_per_node,
+            edge_ops=self.edge_ops,
+        )
         if self.edge_ops is not None:
             self._check_edge_ops()
 
@@ -147,9 +144,14 @@ class SearchSpace:
 
     # -- structure -----------------------------------------------------------------------
     @property
+    def topology(self) -> CellTopology:
+        """The cell topology named by ``cell`` (:mod:`darts_amend.supernet.topology`)."""
+        return CELL_TOPOLOGIES[self.cell]
+
+    @property
     def num_inputs(self) -> int:
         """States a cell receives: 2 (c_{k-2}, c_{k-1}) for DARTS cells, 1 for NB201."""
-        return 1 if self.cell == "nb201" else 2
+        return self.topology.num_inputs
 
     def node_inputs(self, node: int) -> tuple[int, ...]:
         """State indices that feed intermediate node ``node`` in the search cell."""
@@ -174,7 +176,7 @@ class SearchSpace:
     @property
     def keeps_none(self) -> bool:
         """Whether a genotype may keep ``none`` (NB201's argmax rule; DARTS' rules never do)."""
-        return self.cell == "nb201"
+        return self.topology.keeps_none
 
     @property
     def kept_ops(self) -> tuple[str, ...]:
@@ -196,7 +198,7 @@ class SearchSpace:
         """Names of the alpha sets: ``["normal", "reduce"]``, ``["cell_0", ...]`` (per cell) or
         ``["cell"]`` (NB201: one set for every cell)."""
         layers = self.layers if layers is None else layers
-        if self.cell == "nb201":
+        if self.topology.one_alpha_set:
             return ["cell"]
         if self.per_cell:
             return [f"cell_{i}" for i in range(layers)]
@@ -206,7 +208,7 @@ class SearchSpace:
         """Number of distinct genotypes of one (normal / reduction) cell."""
         m = [sum(op != "none" or self.keeps_none for op in ops)
              for ops in self.edge_op_names(reduction)]
-        if self.fixed_edges or self.cell == "nb201":
+        if self.fixed_edges or self.topology.keeps_all_edges:
             return math.prod(m)
         total, e = 1, 0
         for node in range(self.steps):
