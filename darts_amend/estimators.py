@@ -171,7 +171,7 @@ def _with_second_term(
         val_loss, g1, v = _val_pass(prepared, valid_batch)
         products = training_products(prepared, train_batch, options)
         bx = products.mixed(apply(products.hvp, v))
-    g2 = tuple(-scale * t for t in bx)
+    g2 = tuple(-scale * t for t in bx)  # eq. 7: -eta B (H v); implicit: -B x, x ~ H^-1 v
     return Hypergradient(
         grads=_combine(g1, g2),
         terms={"g1": g1, "g2": g2},
@@ -286,7 +286,7 @@ def unrolled(
         val_loss, g1, v = _val_pass(prepared, valid_batch)
         restore()  # back to w: B is taken at w
         bv = training_products(prepared, train_batch, options, base).mixed(v)
-    g2 = tuple(-xi * t for t in bv)
+    g2 = tuple(-xi * t for t in bv)  # chain rule of the unrolled step: B at w, v at w'
     return Hypergradient(
         grads=_combine(g1, g2),
         terms={"g1": g1, "g2": g2},
