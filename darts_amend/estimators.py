@@ -33,8 +33,7 @@ from .linear_solve import make_ridge_matvec, solve_cg, solve_neumann
 from .model import Prepared, check_finite, evaluate_loss, prepare, preserve_state
 from .options import (
     ProductOptions,
-    check_count,
-    check_number,
+    check_option,
     estimator_options,
     validate_options,
 )
@@ -216,7 +215,7 @@ def amended(
     * ``fast_depthwise`` (exact mode): grouped convolutions take a cheaper double backward
       (:mod:`darts_amend._depthwise`; same values up to round-off). ``False`` keeps PyTorch's.
     """
-    eta = check_number("eta", eta)
+    eta = check_option("eta", eta)
     options = ProductOptions.check(mode, r, chunks, second_order_batch, fast_depthwise)
     prepared = prepare(model, loss_fn, train_batch=train_batch, valid_batch=valid_batch)
     if eta == 0.0:
@@ -258,9 +257,9 @@ def unrolled(
     """
     if xi is None:
         raise ValueError("unrolled needs xi, the learning rate of the weight optimizer")
-    xi = check_number("xi", xi)
-    momentum = check_number("momentum", momentum)
-    weight_decay = check_number("weight_decay", weight_decay)
+    xi = check_option("xi", xi)
+    momentum = check_option("momentum", momentum)
+    weight_decay = check_option("weight_decay", weight_decay)
     options = ProductOptions.check(mode, r, chunks, second_order_batch, fast_depthwise)
     prepared = prepare(model, loss_fn, train_batch=train_batch, valid_batch=valid_batch)
     net, alphas, weights, loss_fn = prepared
@@ -333,9 +332,9 @@ def implicit_cg(
 ) -> Hypergradient:
     """Implicit-function gradient with ``(H + damping I) x = v`` solved by ``iterations`` steps
     of conjugate gradient: ``g = g1 - B x`` (converges to g1 - B H^-1 v at an inner optimum)."""
-    iterations = check_count("iterations", iterations)
-    damping = check_number("damping", damping)
-    tol = check_number("tol", tol)
+    iterations = check_option("iterations", iterations)
+    damping = check_option("damping", damping)
+    tol = check_option("tol", tol)
     options = ProductOptions.check(mode, r, chunks, second_order_batch, fast_depthwise)
 
     def solve(hvp: Matvec, v: TensorList) -> TensorList:
@@ -362,8 +361,8 @@ def implicit_neumann(
     """iDARTS-style Neumann series: ``H^-1 v ~ gamma * sum_{j<terms} (I - gamma H)^j v``,
     ``g = g1 - B x``. Converges when ``0 < gamma < 2 / lambda_max(H)`` and H is positive
     definite."""
-    terms = check_count("terms", terms)
-    gamma = check_number("gamma", gamma, strict=True)
+    terms = check_option("terms", terms)
+    gamma = check_option("gamma", gamma)
     options = ProductOptions.check(mode, r, chunks, second_order_batch, fast_depthwise)
     prepared = prepare(model, loss_fn, train_batch=train_batch, valid_batch=valid_batch)
     return _with_second_term(

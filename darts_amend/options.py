@@ -30,6 +30,7 @@ __all__ = [
     "check_flag",
     "check_mode",
     "check_number",
+    "check_option",
     "check_sub_batch",
     "estimator_options",
     "validate_options",
@@ -235,6 +236,11 @@ ESTIMATOR_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+def check_option(name: str, value: Any) -> Any:
+    """``value`` checked by the registry's rule for option ``name`` (ValueError naming it)."""
+    return OPTIONS[name].check(name, value)
+
+
 def _names(name: str) -> tuple[str, ...]:
     if not isinstance(name, str) or name not in ESTIMATOR_OPTIONS:
         raise ValueError(
@@ -256,7 +262,7 @@ def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
             f"it accepts: {', '.join(allowed) or 'no options'}"
         )
     for key, value in options.items():
-        OPTIONS[key].check(key, value)
+        check_option(key, value)
     return dict(options)
 
 
