@@ -290,7 +290,8 @@ def test_bit_identical(name: str) -> None:
         for i, (a, d) in enumerate(zip(tensors, want, strict=True)):
             a = a.detach().cpu()
             if "sha256" in d:
-                if [str(a.dtype), list(a.shape), _digest(a)] != [d["dtype"], d["shape"], d["sha256"]]:
+                got = [str(a.dtype), list(a.shape), _digest(a)]
+                if got != [d["dtype"], d["shape"], d["sha256"]]:
                     bad.append(f"{key}[{i}] (bytes differ)")
                 continue
             b = _decode(d)

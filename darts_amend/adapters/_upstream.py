@@ -123,14 +123,18 @@ class UpstreamArchitect:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.network_momentum = check_number("args.momentum", _required(args, "momentum"))
-        self.network_weight_decay = check_number("args.weight_decay", _required(args, "weight_decay"))
+        self.network_weight_decay = check_number(
+            "args.weight_decay", _required(args, "weight_decay")
+        )
         arch_lr = check_number(
             "args.arch_learning_rate", _required(args, "arch_learning_rate"), strict=True
         )
         arch_wd = check_number("args.arch_weight_decay", _required(args, "arch_weight_decay"))
         self.grad_clip: float | None = None
         if self.clips_alpha_gradient:
-            self.grad_clip = check_number("args.grad_clip", _required(args, "grad_clip"), strict=True)
+            self.grad_clip = check_number(
+                "args.grad_clip", _required(args, "grad_clip"), strict=True
+            )
         self.estimator, options = read_amend_options(args)
         self.amend_eta: float | None = options.get("eta")
         self.amend_mode: str | None = options.get("mode")
