@@ -190,6 +190,12 @@ def check_batch(
     inputs, targets = batch
     if dtype is not None and dtype.is_floating_point:
         for t in _tensors(inputs):
+            if t.dtype == torch.uint8:  # raw image bytes reach no float layer
+                raise ValueError(
+                    f"{name} inputs are torch.uint8 (raw image bytes?) but the model's parameters "
+                    f"are {dtype}; convert them first, e.g. inputs.to({dtype}) / 255, normalised "
+                    f"as in training"
+                )
             if t.is_floating_point() and t.dtype != dtype:
                 raise ValueError(
                     f"{name} inputs are {t.dtype} but the model's parameters are {dtype}; "

@@ -48,7 +48,7 @@ CLI_ROWS = [
     ("search --estimator first_order --eta 0.5", "--eta applies to --estimator amended only"),
     ("search --hvp_mode finite_difference --fd_r 0", "invalid --fd_r 0.0"),
     ("search --estimator implicit_cg --cg_iterations 0",
-     "invalid --cg_iterations 0 (must be an integer >= 1)"),
+     "invalid --cg_iterations 0 (must be >= 1)"),
     ("search --batch_size 0", "invalid --batch_size 0 (must be >= 1)"),
     ("search --train_portion 1.5", "invalid --train_portion 1.5 (must be in (0, 1))"),
     ("search --partial_channels 3", "--partial_channels 3 must divide --init_channels 16"),

@@ -183,7 +183,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
             "converged_run": converged_run, "model": net.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "architect": architect.state_dict(), "rng": rng_state(),
-            "last_batches": batches,
+            "last_batches": batches, "config": dataclasses.asdict(cfg),
         })
 
     if ctx.checkpoint is None:  # a run killed before its first epoch ends can resume too
@@ -242,6 +242,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
             else:
                 a["nonfinite"] += 1
             step += 1
+            folder.mark_started()  # from here on the folder is kept
             if ctx.estimate_time and step == start_step + 1 and epoch == start_epoch:
                 sec = time.perf_counter() - ts
                 print(f"darts-amend: first step {sec:.1f} s: about {sec * n_steps / 60:.0f} min "

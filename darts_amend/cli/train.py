@@ -139,7 +139,7 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
                 "epoch": epoch_, "step": step_, "accum": dataclasses.asdict(accum),
                 "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "rng": rng_state()})
+                "rng": rng_state(), "config": dataclasses.asdict(cfg)})
 
     local_bs = cfg.batch_size // d.world_size
     train_idx = list(range(len(ctx.train_set)))
@@ -183,6 +183,7 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
             scaler.update()
             acc.add_batch(loss, logits, y, time.perf_counter() - ts)
             step += 1
+            folder.mark_started()  # from here on the folder is kept
             bar.update(1)
             bar.set_postfix(**acc.postfix())
             _on_step(epoch, step)
