@@ -318,6 +318,8 @@ def _load_image(path: str):
         return default_loader(path)
     except (OSError, ValueError, SyntaxError) as err:  # PIL: UnidentifiedImageError, truncated
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        if "cannot identify image file" in reason:  # PIL names the file object, not the file
+            reason = "not an image file PIL can decode"
         raise DataError(f"cannot read image {path}: {reason}; remove or replace the "
                         f"file") from None
 

@@ -26,12 +26,36 @@ def _files(tmp: Path) -> dict[str, str]:
         "list.yaml": "- 1\n- 2\n",
         "broken.yaml": "a: [1,\n",
         "nan.yaml": "eta: .nan\n",
-        "bad_op.json": '{"normal": [["warp_drive", 0]]}',
+        "bad_op.json": '{"normal": [["warp_drive", 0], ["skip_connect", 1]], "normal_concat": '
+                       '[2], "reduce": [["max_pool_3x3", 0], ["skip_connect", 1]], '
+                       '"reduce_concat": [2]}',
+        "missing_key.json": '{"normal": [["skip_connect", 0]]}',
+        "range.yaml": "momentum: 1.5\n",
         "bad_json.json": "{bad json",
     }
     for name, text in files.items():
         (tmp / name).write_text(text)
-    return {n.split(".")[0]: str(tmp / n) for n in files} | {"empty_folder": str(tmp / "empty_folder")}
+    folders = {"empty_folder": str(tmp / "empty_folder"), "one_class": _image_folder(tmp, ("a",)),
+               "corrupt_image": _image_folder(tmp, ("a", "b"), corrupt="b/3.png")}
+    return {n.split(".")[0]: str(tmp / n) for n in files} | folders
+
+
+def _image_folder(tmp: Path, classes: tuple[str, ...], corrupt: str | None = None) -> str:
+    """An ImageFolder tree of 8x8 PNGs (6 per class and split); ``corrupt``: a train file whose
+    bytes are not an image."""
+    from PIL import Image
+
+    root = tmp / ("corrupt_image" if corrupt else "one_class")
+    gen = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(6):
+                pixels = torch.randint(0, 256, (8, 8, 3), generator=gen, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(root / split / c / f"{i}.png")
+    if corrupt:
+        (root / "train" / corrupt).write_bytes(b"not an image")
+    return str(root)
 
 
 # (command line with {file} placeholders, what stderr must contain)
@@ -64,13 +88,49 @@ CLI_ROWS = [
     ("search --config {nan}", "eta must be a finite number, got nan"),
     ("search --config NOWHERE.yaml", "config file not found: NOWHERE.yaml"),
     ("train --genotype NOT_A_GENOTYPE", "neither a file"),
-    ("train --genotype {bad_op}", "does not parse"),
+    ("train --genotype {bad_op}", "unknown operation 'warp_drive'"),
+    ("train --genotype {missing_key}", "missing keys ['reduce']"),
+    # one declared range per numeric setting, from flags, YAML or a stored config
+    ("search --momentum -1", "invalid --momentum -1.0 (must be in [0, 1))"),
+    ("search --seed -1", "invalid --seed -1 (must be in [0, 4294967295])"),
+    ("search --converge_threshold 1.5", "invalid --converge_threshold 1.5 (must be in (0, 1])"),
+    ("train --label_smooth 1", "invalid --label_smooth 1.0 (must be in [0, 1))"),
+    ("search --config {range}", "range.yaml: invalid momentum 1.5 (must be in [0, 1))"),
+    # relations between settings
+    ("search --learning_rate 0.01 --learning_rate_min 0.05",
+     "--learning_rate_min 0.05 is above --learning_rate 0.01: the cosine schedule would raise"),
+    ("train --lr_schedule linear --learning_rate_min 0.01",
+     "--learning_rate_min applies to --lr_schedule cosine only"),
+    ("search --cg_iterations 5",
+     "--cg_iterations applies to --estimator implicit_cg only (got --estimator amended)"),
+    ("search --estimator first_order --hvp_mode finite_difference",
+     "--hvp_mode applies to the estimators with Hessian products"),
+    ("search --fd_r 0.1",
+     "--fd_r applies to --hvp_mode finite_difference or forward_difference only (got --hvp_mode "
+     "exact)"),
+    ("search --early_stop_window 3", "--early_stop_window applies to --early_stop only"),
+    ("search --cutout_length 8", "--cutout_length applies to --cutout only (got no --cutout)"),
+    ("search --image_size 16",
+     "--image_size applies to --dataset imagenet, folder or fake only (got --dataset digits)"),
+    ("search --amend_second_order_batch 200",
+     "--amend_second_order_batch 200 is larger than the per-process batch 96"),
+    ("search --batch_size 8 --amend_chunks 9",
+     "--amend_chunks 9 is more than the 8 samples the Hessian products use"),
+    # degenerate or broken data, found before the search (or at its first step)
+    ("search --dataset folder --data {one_class}", "the folder data has 1 class"),
+    ("search --dataset folder --data {corrupt_image} --image_size 8 --batch_size 4 --workers 1 "
+     "--no-progress --threads 1",
+     "/b/3.png: not an image file PIL can decode; remove or replace the file"),
+    # out of memory building the network: the sizes to reduce, and nothing left on disk
+    ("search --preset tiny --init_channels 1000000",
+     "(--batch_size 64, --init_channels 1000000, --layers 3, image size 8): reduce --batch_size, "
+     "--init_channels or --layers"),
     ("train --genotype {bad_json}", "does not parse: genotype: invalid JSON"),
     ("search --dataset cifar10 --data NOWHERE", "pass --download"),
     ("search --dataset folder --data {empty_folder}", "no class folders in"),
     ("train --dataset imagenet --data NOWHERE", "image-net.org"),
     ("plot NOWHERE", "NOWHERE is not a run folder (no metrics.jsonl)"),
-    ("patch-repo NOWHERE", "the following arguments are required: --flavor"),
+    ("patch-repo NOWHERE", "patch-repo needs --flavor (or --undo)"),
 ]
 if not torch.cuda.is_available():
     CLI_ROWS.append(("search --device cuda", "device 'cuda' requested but CUDA is not available"))

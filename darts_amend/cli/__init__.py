@@ -247,7 +247,7 @@ def _open_folder(args: argparse.Namespace, cfg: Any, d: Any) -> Any:
     folder or the same error."""
     from .runtime import RunFolder
 
-    error, path = None, None
+    error, path, folder = None, None, None
     if d.is_main:
         try:
             path = Path(args.output) if args.output else _default_output(args.command,
@@ -267,8 +267,10 @@ def _open_folder(args: argparse.Namespace, cfg: Any, d: Any) -> Any:
         dist.broadcast_object_list(box, src=0)
         error, path = box[0], box[1]
     if error is not None:
+        if folder is not None:
+            folder.discard()
         raise CLIError(error)
-    return RunFolder(path, writer=d.is_main)
+    return folder if folder is not None else RunFolder(path, writer=d.is_main)
 
 
 def _data(cfg: Any, command: str, seed: int):
