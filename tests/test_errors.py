@@ -5,6 +5,7 @@ and message in the table. docs/errors.md lists the same rows: a test keeps the t
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -198,6 +199,14 @@ API_ROWS = [
      "invalid eta: -1.0 (must be a finite number >= 0.0)"),
     ("AmendedArchitect(lr=nan)", lambda a: AmendedArchitect(a.model, lr=float("nan")),
      ValueError, "invalid lr: nan"),
+    ("AmendedArchitect(eta=torch.tensor([0.1, 0.2]))",
+     lambda a: AmendedArchitect(a.model, eta=torch.tensor([0.1, 0.2])), ValueError,
+     "invalid eta: tensor([0.1000, 0.2000]) (must be a finite number >= 0.0)"),
+    ("step(uint8 image inputs)",
+     lambda a: a.step((torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8),
+                       torch.randint(0, 10, (4,))), _batch()), ValueError,
+     "train_batch inputs are torch.uint8 (raw image bytes?) but the model's parameters are "
+     "torch.float32; convert them first, e.g. inputs.to(torch.float32) / 255"),
 ]
 
 
@@ -219,3 +228,98 @@ def test_docs_list_every_row():
     flat = re.sub(r"\s+", " ", text.replace("`", "").replace("\\|", "|"))
     missing = [r for r in rows if r[0] not in flat or r[1] not in flat]
     assert not missing, missing
+
+
+# --------------------------------------------------------------------------- run folders
+
+TINY = ["--dataset", "fake", "--fake_size", "16", "--image_size", "8", "--space", "s1",
+        "--layers", "2", "--init_channels", "4", "--batch_size", "4", "--steps_per_epoch", "1",
+        "--epochs", "1", "--threads", "1", "--no-progress", "--no-plots", "-q"]
+
+
+def test_a_failed_start_leaves_nothing_and_the_corrected_command_just_works(tmp_path, capsys):
+    out = tmp_path / "runs" / "a"
+    # refused late (out of memory building the network): no folder, not even runs/
+    assert main(["search", *TINY, "--init_channels", "1000000", "--output", str(out)]) == 2
+    assert "out of memory" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    # a run killed before its first step left only config.json: a fresh run takes the folder,
+    # --resume says what is missing
+    out.mkdir(parents=True)
+    (out / "config.json").write_text('{"command": "search", "config": {}}')
+    assert main(["search", *TINY, "--output", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "has no checkpoint.pt" in err and "start it again without --resume" in err
+    assert main(["search", *TINY, "--output", str(out)]) == 0
+    assert (out / "checkpoint.pt").is_file()
+
+
+def test_resume_refuses_an_edited_config_json_in_one_short_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["search", *TINY, "--epochs", "2", "--time_limit", "1e-9",
+                 "--output", str(out)]) == 0  # stops after epoch 1 of 2
+    cfg = json.loads((out / "config.json").read_text())
+    for key, value in (("init_channels", 8), ("layers", 3), ("seed", 5), ("momentum", 0.5),
+                       ("space", "s2")):
+        cfg["config"][key] = value
+    (out / "config.json").write_text(json.dumps(cfg))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["search", "--output", str(out), "--resume", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and len(err) < 400, err
+    assert "config.json differs from the configuration checkpoint.pt was saved with " \
+           "(init_channels: 4 -> 8; layers: 2 -> 3; momentum: 0.9 -> 0.5; and 2 more)" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_empty_output_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", *TINY, "--output", ""]) == 2
+    assert "--output is empty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_long_internal_failures_are_cut_to_one_line(monkeypatch, capsys, tmp_path):
+    from darts_amend.cli import search as search_mod
+
+    def boom(cfg, ctx):
+        raise RuntimeError("x" * 100_000 + "\nsecond line")
+
+    monkeypatch.setattr(search_mod, "run_search", boom)
+    assert main(["search", *TINY, "--output", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and len(err) < 450 and "report it" in err
+    assert not (tmp_path / "o").exists()  # it never took a step
+
+
+def test_eta_as_a_0d_tensor_is_the_same_as_the_float():
+    net = _net()
+    batch = _batch()
+    a = AmendedArchitect(net, eta=torch.tensor(0.25, dtype=torch.float64))
+    assert a.eta == 0.25 and isinstance(a.eta, float)
+    from darts_amend import amended
+
+    got = amended(net, batch, batch, eta=torch.tensor(0.25, dtype=torch.float64)).grads
+    want = amended(net, batch, batch, eta=0.25).grads
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def test_docs_list_every_declared_range():
+    """docs/errors.md's range table is the field metadata of cli/config.py, row for row."""
+    import dataclasses
+
+    from darts_amend.cli.config import SearchConfig, TrainConfig
+
+    flat = re.sub(r"\s+", " ", DOCS.read_text())
+    declared = {}
+    for cls in (SearchConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("valid") is not None:
+                declared[f.name] = f.metadata["valid"]
+    assert len(declared) >= 40
+    documented = dict(re.findall(r"\| `--(\w+)` \| `([\[(][^`]+[\])])` \|", flat))
+    assert set(documented) == set(declared)
+    from darts_amend.cli.config import ValidRange
+
+    assert all(ValidRange.parse(documented[k]) == v for k, v in declared.items())

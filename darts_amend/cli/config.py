@@ -312,7 +312,12 @@ def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     key = key.replace("-", "_")
     if key not in fields:
-        raise CLIError(f"{source}: unknown setting {key!r} (valid: {', '.join(sorted(fields))})")
+        import difflib
+
+        close = difflib.get_close_matches(key, list(fields), n=3)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise CLIError(f"{source}: unknown setting {key!r} ({hint}the settings are the flags "
+                       f"of --help, without the dashes)")
     f = fields[key]
     base, optional = _base_type(f.type)
     name = f"--{key}" if source == "flags" else f"{source}: {key}"
@@ -426,7 +431,7 @@ def _unused(cfg: Any, name: str) -> bool:
 # settings that only some choices read: (setting, is it read?, when it is read, the deciding
 # setting). A setting given a non-default value that the run would not read is refused (a flag
 # that does nothing is a defect).
-_HESSIAN = "the estimators with Hessian products (not --estimator first_order)"
+_HESSIAN = "the estimators with Hessian products"
 _ONLY_WITH: tuple[tuple[str, Any, str, str], ...] = (
     ("cg_iterations", lambda c: c.estimator == "implicit_cg", "--estimator implicit_cg",
      "estimator"),
