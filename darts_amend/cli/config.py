@@ -79,7 +79,7 @@ ESTIMATOR_NAMES = ("amended", "first_order", "unrolled", "implicit_cg", "implici
 
 @dataclass
 class SearchConfig:
-    """``darts-amend search``: paper defaults (DESIGN.md section 6)."""
+    """``darts-amend search``: the paper's defaults (Sec. 4.1; docs/usage.md)."""
 
     dataset: str = _f("digits", "data set", choices=("digits", "cifar10", "cifar100", "imagenet",
                                                      "folder", "fake"))

@@ -232,7 +232,7 @@ def angle_counterexample(
     train_loss = 0.5 * w_star @ m_train @ w_star + alpha @ c @ w_star - train[1] @ w_star
     return BilevelProblem(
         "angle_counterexample", model, train, valid, _hypergradient(g1, g2, val_loss, train_loss),
-        description=f"angle counterexample (DESIGN 2.1), H = diag(1, {k:g}), B = [1, 1], "
+        description=f"angle counterexample (docs/math.md), H = diag(1, {k:g}), B = [1, 1], "
         "v = (1, -1): amended's second term points against the exact one",
         exact_with={"implicit_cg": {"iterations": 2}},
     )
