@@ -468,8 +468,8 @@ def _finish(command: str, cfg: Any, folder: Any, summary: dict[str, Any], quiet:
             print(f"early stop at epoch {summary['early_stop_epoch']}: the alpha-Hessian "
                   f"eigenvalue's local mean grew "
                   f"{f'{ratio:.2f}x' if ratio is not None else ''} (> {cfg.early_stop_factor}); "
-                  f"genotype reverted to the one recorded at epoch {summary['revert_epoch']} "
-                  f"(epochs counted from 0, as in metrics.jsonl)", file=out)
+                  f"genotype reverted to the one recorded at epoch {summary['revert_epoch']}",
+                  file=out)
         print(str(genotype), file=out)
         conv = ("yes" if summary["converged"] else "no") + (
             f" (kept-op weight min {summary['kept_weight_min']:.3f}, threshold "

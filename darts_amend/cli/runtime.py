@@ -254,7 +254,7 @@ class RunFolder:
         try:
             if self._keep_epochs is not None:  # first record of a resumed run
                 kept = "".join(ln + "\n" for ln in self._metric_lines()
-                               if json.loads(ln).get("epoch", 0) < self._keep_epochs)
+                               if json.loads(ln).get("epoch", 0) <= self._keep_epochs)
                 write_atomic(p, lambda fh: fh.write((kept + line).encode()))
                 self._keep_epochs = None
                 return
@@ -278,7 +278,7 @@ class RunFolder:
     def read_metrics(self) -> list[dict[str, Any]]:
         rows = [json.loads(ln) for ln in self._metric_lines()]
         if self._keep_epochs is not None:
-            rows = [r for r in rows if r.get("epoch", 0) < self._keep_epochs]
+            rows = [r for r in rows if r.get("epoch", 0) <= self._keep_epochs]
         return rows
 
 

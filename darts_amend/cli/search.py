@@ -156,7 +156,10 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
         prev_genotype = ck["prev_genotype"]
         history = folder.read_metrics()[:start_epoch] if d.is_main else []
         set_rng_state(ck["rng"])
-        logger.info("resumed at epoch %d step %d", start_epoch, start_step)
+        if start_step:
+            logger.info("resumed in epoch %d at step %d", start_epoch + 1, start_step)
+        else:
+            logger.info("resumed after epoch %d", start_epoch)
 
     local_bs = cfg.batch_size // d.world_size
     train_idx, valid_idx = ctx.split
@@ -276,7 +279,8 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
         prev_genotype = genotype.to_dict()
         converged_run = converged_run + 1 if held else 0
         record: dict[str, Any] = {
-            "epoch": epoch, "lr": lr, "alpha_steps": alpha_steps,
+            # epochs are numbered from 1 everywhere: console, metrics, plots, messages
+            "epoch": epoch + 1, "lr": lr, "alpha_steps": alpha_steps,
             "train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
             "valid_loss": valid_loss, "valid_acc": valid_acc,
             "arch/val_loss": arch["val_loss"] / n_finite,
@@ -292,7 +296,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
         }
         if d.is_main and cfg.diag_every > 0 and epoch % cfg.diag_every == 0 and last_batches:
             diag = epoch_diagnostics(
-                net, last_batches[0], last_batches[1], epoch=epoch, history=history,
+                net, last_batches[0], last_batches[1], epoch=epoch + 1, history=history,
                 every=1, curvature=("alphas",),
                 estimators={"first_order": {}, "amended": {"eta": cfg.eta}},
                 reference="implicit_cg", converge_threshold=cfg.converge_threshold,

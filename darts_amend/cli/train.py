@@ -132,6 +132,10 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
         scaler.load_state_dict(ck["scaler"])
         start_epoch, start_step, acc = ck["epoch"], ck["step"], EpochSums(**ck["accum"])
         set_rng_state(ck["rng"])
+        if start_step:
+            logger.info("resumed in epoch %d at step %d", start_epoch + 1, start_step)
+        else:
+            logger.info("resumed after epoch %d", start_epoch)
 
     def checkpoint(epoch_: int, step_: int, accum: EpochSums) -> None:
         if d.is_main:
@@ -199,7 +203,7 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
                                    seed=cfg.seed, d=d, workers=ctx.workers, shuffle=False)
         broadcast_buffers(net, d)
         test_loss, top1, top5 = evaluate(net, test_loader, device, d, autocast)
-        record = {"epoch": epoch, "lr": lr, "drop_path_prob": net.drop_path_prob,
+        record = {"epoch": epoch + 1, "lr": lr, "drop_path_prob": net.drop_path_prob,
                   "train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
                   "test_loss": test_loss, "test_acc": top1, "test_acc_top5": top5,
                   "step_seconds": step_time / max(steps, 1),
