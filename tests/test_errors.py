@@ -220,10 +220,45 @@ def test_api_bad_input_names_the_problem_and_changes_nothing(label, call, exc, e
     assert all(torch.equal(a, b) for a, b in zip(alphas, architect.alphas, strict=True))
 
 
+# upstream adapters: Architect(model, args) checks the args it reads, with the same ranges
+ADAPTER_ROWS = [
+    ("darts Architect(model, args with arch_learning_rate=-1.0)", {"arch_learning_rate": -1.0},
+     "invalid args.arch_learning_rate: -1.0 (must be a finite number > 0.0)"),
+    ("darts Architect(model, args with amend_eta=-0.1)", {"amend_eta": -0.1},
+     "invalid amend_eta: -0.1 (must be a finite number >= 0.0)"),
+    ("darts Architect(model, args with amend_chunks=0)", {"amend_chunks": 0},
+     "invalid amend_chunks: 0"),
+]
+
+
+@pytest.mark.parametrize("label, fields, expected", ADAPTER_ROWS, ids=[r[0] for r in ADAPTER_ROWS])
+def test_adapter_args_are_checked(label, fields, expected):
+    from types import SimpleNamespace
+
+    from darts_amend.adapters.darts import Architect
+
+    args = SimpleNamespace(**{"momentum": 0.9, "weight_decay": 3e-4, "arch_learning_rate": 3e-4,
+                              "arch_weight_decay": 1e-3, **fields})
+    with pytest.raises(ValueError) as info:
+        Architect(_net(), args)
+    assert expected in str(info.value)
+
+
+def test_adapter_accepts_eta_as_a_0d_tensor():
+    from types import SimpleNamespace
+
+    from darts_amend.adapters.darts import Architect
+
+    args = SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
+                           arch_weight_decay=1e-3, amend_eta=torch.tensor(0.5))
+    assert Architect(_net(), args).amend_eta == 0.5
+
+
 def test_docs_list_every_row():
     """docs/errors.md shows each row's input and message (the table is >= 20 rows)."""
     text = DOCS.read_text()
-    rows = [(c, m) for c, m in CLI_ROWS] + [(label, m) for label, _, _, m in API_ROWS]
+    rows = [(c, m) for c, m in CLI_ROWS] + [(label, m) for label, _, _, m in API_ROWS] + \
+        [(label, m) for label, _, m in ADAPTER_ROWS]
     assert len(rows) >= 20
     flat = re.sub(r"\s+", " ", text.replace("`", "").replace("\\|", "|"))
     missing = [r for r in rows if r[0] not in flat or r[1] not in flat]
