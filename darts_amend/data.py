@@ -309,6 +309,21 @@ def _folder_split(name: str, root, split: str) -> Path:
     raise DataError(f"{name} data not found: no class folders in {wanted}. {_FOLDER_HELP[name]}")
 
 
+def _load_image(path: str):
+    """torchvision's image loader; a file it cannot decode raises DataError naming the file
+    (also from a DataLoader worker, whose re-raised message ends with this one)."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (OSError, ValueError, SyntaxError) as err:  # PIL: UnidentifiedImageError, truncated
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        if "cannot identify image file" in reason:  # PIL names the file object, not the file
+            reason = "not an image file PIL can decode"
+        raise DataError(f"cannot read image {path}: {reason}; remove or replace the "
+                        f"file") from None
+
+
 def _folder(name: str, root, train: bool, augment: bool, cutout: int, image_size: int | None):
     from torchvision import datasets
     from torchvision import transforms as T
@@ -330,7 +345,7 @@ def _folder(name: str, root, train: bool, augment: bool, cutout: int, image_size
     transform = T.Compose(aug + [T.ToTensor(), T.Normalize(mean, std)]
                           + ([Cutout(cutout)] if cutout > 0 else []))
     try:
-        ds = datasets.ImageFolder(str(path), transform=transform)
+        ds = datasets.ImageFolder(str(path), transform=transform, loader=_load_image)
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(f"cannot read {name} data in {path}: {err}. {_FOLDER_HELP[name]}") from err
     if not train:

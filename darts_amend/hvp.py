@@ -12,7 +12,7 @@ Three modes:
   take a cheaper double-backward path (:mod:`darts_amend._depthwise`).
 * ``"finite_difference"``: central differences of the gradient at ``w +- R u`` with
   ``R = r / ||u||`` (DARTS uses r = 0.01). Memory-light; on ReLU networks it is a different,
-  kink-smoothed estimate, not a cheaper copy of the exact product (DESIGN.md 2.1).
+  kink-smoothed estimate, not a cheaper copy of the exact product (docs/math.md).
 * ``"forward_difference"``: one-sided differences ``(g(w + R u) - g(w)) / R``, error O(R)
   instead of O(R^2); the gradient at w is shared by all products of one point, so each product
   costs one forward/backward instead of two.

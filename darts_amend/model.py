@@ -1,4 +1,4 @@
-"""The supernet protocol (DESIGN.md section 4): what darts-amend needs from a model.
+"""The supernet protocol (docs/api.md): what darts-amend needs from a model.
 
 * ``model.arch_parameters()`` returns the alphas; the weights are every other trainable
   parameter (:func:`split_parameters`); DataParallel / DDP wrappers are looked through
@@ -150,6 +150,12 @@ def check_batch(
     inputs, targets = batch
     if dtype is not None and dtype.is_floating_point:
         for t in iter_tensors(inputs):
+            if t.dtype == torch.uint8:  # raw image bytes reach no float layer
+                raise ValueError(
+                    f"{name} inputs are torch.uint8 (raw image bytes?) but the model's parameters "
+                    f"are {dtype}; convert them first, e.g. inputs.to({dtype}) / 255, normalised "
+                    f"as in training"
+                )
             if t.is_floating_point() and t.dtype != dtype:
                 raise ValueError(
                     f"{name} inputs are {t.dtype} but the model's parameters are {dtype}; "

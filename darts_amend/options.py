@@ -18,6 +18,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from ._types import MODES
 
 __all__ = [
@@ -42,6 +45,9 @@ __all__ = [
 
 def check_number(name: str, value: Any, *, low: float = 0.0, strict: bool = False) -> float:
     """``value`` as a float: finite, ``>= low`` (``> low`` when ``strict``); else ValueError."""
+    if isinstance(value, Tensor) and value.dim() == 0 and not value.dtype.is_complex \
+            and value.dtype != torch.bool:  # a 0-d tensor such as torch.tensor(0.1)
+        value = value.item()
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
     if not ok or value < low or (strict and value == low):
         bound = f"> {low}" if strict else f">= {low}"
@@ -261,9 +267,12 @@ def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
             f"unknown option(s) {', '.join(unknown)} for estimator {name!r}; "
             f"it accepts: {', '.join(allowed) or 'no options'}"
         )
+    out = dict(options)
     for key, value in options.items():
-        check_option(key, value)
-    return dict(options)
+        checked = check_option(key, value)
+        if isinstance(value, Tensor) and key != "momentum_buffers":
+            out[key] = checked  # a 0-d tensor option is kept as the number it holds
+    return out
 
 
 def estimator_options(name: str) -> dict[str, Any]:

@@ -56,7 +56,7 @@ def test_search_writes_run_files(search_run):
     assert config["command"] == "search" and config["config"]["init_channels"] == 4
     assert config["config"]["arch_learning_rate"] == 3e-4  # the paper's default survived
     rows = _lines(search_run)
-    assert [r["epoch"] for r in rows] == [0, 1]
+    assert [r["epoch"] for r in rows] == [1, 2]  # numbered as on the console: epoch 1/2, 2/2
     assert [r["alpha_steps"] for r in rows] == [2, 4]
     for key in ("train_loss", "valid_acc", "lr", "alphas", "genotype", "arch/g1_norm",
                 "arch/g2_norm", "arch/cosine", "collapse/skip_share", "collapse/entropy_mean",
@@ -79,7 +79,11 @@ def test_search_writes_run_files(search_run):
     assert summary["alpha_steps"] == 4 and summary["stop_reason"] == "epochs"
 
 
-def test_resume_after_ctrl_c_equals_uninterrupted(search_run, tmp_path, monkeypatch, capsys):
+def test_resume_after_ctrl_c_equals_uninterrupted(search_run, tmp_path, monkeypatch, capsys,
+                                                   caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="darts_amend.cli.search")
     out = tmp_path / "resumed"
 
     def ctrl_c(epoch, step):
@@ -88,12 +92,14 @@ def test_resume_after_ctrl_c_equals_uninterrupted(search_run, tmp_path, monkeypa
 
     monkeypatch.setattr(search_mod, "_on_step", ctrl_c)
     assert _search(out) == 130
-    assert "--resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--resume" in err and "interrupted at epoch 1, step 1" in err  # numbered from 1
     mid = _ckpt(out)
     assert (mid["epoch"], mid["step"]) == (0, 1)
     assert not (out / "metrics.jsonl").exists()
     monkeypatch.setattr(search_mod, "_on_step", lambda e, s: None)
     assert main(["search", "--output", str(out), "--resume", "-q", "--no-progress"]) == 0
+    assert "resumed in epoch 1 at step 1" in caplog.text  # the epoch the interruption named
     full, resumed = _ckpt(search_run), _ckpt(out)
     for key, value in full["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
@@ -151,19 +157,19 @@ def test_early_stop_reverts_to_recorded_genotype_and_resumes(tmp_path, monkeypat
     assert main(["search", *EARLY, "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     rows = _lines(out)
-    assert [r["epoch"] for r in rows] == [0, 1]  # 4 epochs asked, 2 ran
+    assert [r["epoch"] for r in rows] == [1, 2]  # 4 epochs asked, 2 ran
     assert [r["diag/early_stop"] for r in rows] == [False, True]
-    assert rows[1]["diag/revert_epoch"] == 0
+    assert rows[1]["diag/revert_epoch"] == 1
     # ground truth: the rule itself on the recorded eigenvalues
     ev = [r["eig/alphas"] for r in rows]
-    decision = eigen_early_stop([0, 1], ev, window=1, lag=1, factor=1.05, start_epoch=0)
+    decision = eigen_early_stop([1, 2], ev, window=1, lag=1, factor=1.05, start_epoch=0)
     assert decision.stop and decision.ratio == pytest.approx(ev[1] / ev[0])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stop_reason"] == "early_stop" and summary["epochs_run"] == 2
-    assert summary["revert_epoch"] == 0 and summary["early_stop_epoch"] == 1
+    assert summary["revert_epoch"] == 1 and summary["early_stop_epoch"] == 2
     kept = Genotype.from_json((out / "genotype.json").read_text())
     assert kept.to_dict() == rows[0]["genotype"] == summary["genotype"]
-    assert "genotype reverted to the one recorded at epoch 0" in printed
+    assert "genotype reverted to the one recorded at epoch 1" in printed
     # --resume of the finished run re-reads metrics.jsonl and stops again, adding nothing
     files = _snapshot(out)
     assert main(["search", "--output", str(out), "--resume", "-q", "--no-progress"]) == 0

@@ -5,6 +5,7 @@ and message in the table. docs/errors.md lists the same rows: a test keeps the t
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -26,12 +27,36 @@ def _files(tmp: Path) -> dict[str, str]:
         "list.yaml": "- 1\n- 2\n",
         "broken.yaml": "a: [1,\n",
         "nan.yaml": "eta: .nan\n",
-        "bad_op.json": '{"normal": [["warp_drive", 0]]}',
+        "bad_op.json": '{"normal": [["warp_drive", 0], ["skip_connect", 1]], "normal_concat": '
+                       '[2], "reduce": [["max_pool_3x3", 0], ["skip_connect", 1]], '
+                       '"reduce_concat": [2]}',
+        "missing_key.json": '{"normal": [["skip_connect", 0]]}',
+        "range.yaml": "momentum: 1.5\n",
         "bad_json.json": "{bad json",
     }
     for name, text in files.items():
         (tmp / name).write_text(text)
-    return {n.split(".")[0]: str(tmp / n) for n in files} | {"empty_folder": str(tmp / "empty_folder")}
+    folders = {"empty_folder": str(tmp / "empty_folder"), "one_class": _image_folder(tmp, ("a",)),
+               "corrupt_image": _image_folder(tmp, ("a", "b"), corrupt="b/3.png")}
+    return {n.split(".")[0]: str(tmp / n) for n in files} | folders
+
+
+def _image_folder(tmp: Path, classes: tuple[str, ...], corrupt: str | None = None) -> str:
+    """An ImageFolder tree of 8x8 PNGs (6 per class and split); ``corrupt``: a train file whose
+    bytes are not an image."""
+    from PIL import Image
+
+    root = tmp / ("corrupt_image" if corrupt else "one_class")
+    gen = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(6):
+                pixels = torch.randint(0, 256, (8, 8, 3), generator=gen, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(root / split / c / f"{i}.png")
+    if corrupt:
+        (root / "train" / corrupt).write_bytes(b"not an image")
+    return str(root)
 
 
 # (command line with {file} placeholders, what stderr must contain)
@@ -48,7 +73,7 @@ CLI_ROWS = [
     ("search --estimator first_order --eta 0.5", "--eta applies to --estimator amended only"),
     ("search --hvp_mode finite_difference --fd_r 0", "invalid --fd_r 0.0"),
     ("search --estimator implicit_cg --cg_iterations 0",
-     "invalid --cg_iterations 0 (must be an integer >= 1)"),
+     "invalid --cg_iterations 0 (must be >= 1)"),
     ("search --batch_size 0", "invalid --batch_size 0 (must be >= 1)"),
     ("search --train_portion 1.5", "invalid --train_portion 1.5 (must be in (0, 1))"),
     ("search --partial_channels 3", "--partial_channels 3 must divide --init_channels 16"),
@@ -64,13 +89,49 @@ CLI_ROWS = [
     ("search --config {nan}", "eta must be a finite number, got nan"),
     ("search --config NOWHERE.yaml", "config file not found: NOWHERE.yaml"),
     ("train --genotype NOT_A_GENOTYPE", "neither a file"),
-    ("train --genotype {bad_op}", "does not parse"),
+    ("train --genotype {bad_op}", "unknown operation 'warp_drive'"),
+    ("train --genotype {missing_key}", "missing keys ['reduce']"),
+    # one declared range per numeric setting, from flags, YAML or a stored config
+    ("search --momentum -1", "invalid --momentum -1.0 (must be in [0, 1))"),
+    ("search --seed -1", "invalid --seed -1 (must be in [0, 4294967295])"),
+    ("search --converge_threshold 1.5", "invalid --converge_threshold 1.5 (must be in (0, 1])"),
+    ("train --label_smooth 1", "invalid --label_smooth 1.0 (must be in [0, 1))"),
+    ("search --config {range}", "range.yaml: invalid momentum 1.5 (must be in [0, 1))"),
+    # relations between settings
+    ("search --learning_rate 0.01 --learning_rate_min 0.05",
+     "--learning_rate_min 0.05 is above --learning_rate 0.01: the cosine schedule would raise"),
+    ("train --lr_schedule linear --learning_rate_min 0.01",
+     "--learning_rate_min applies to --lr_schedule cosine only"),
+    ("search --cg_iterations 5",
+     "--cg_iterations applies to --estimator implicit_cg only (got --estimator amended)"),
+    ("search --estimator first_order --hvp_mode finite_difference",
+     "--hvp_mode applies to the estimators with Hessian products"),
+    ("search --fd_r 0.1",
+     "--fd_r applies to --hvp_mode finite_difference or forward_difference only (got --hvp_mode "
+     "exact)"),
+    ("search --early_stop_window 3", "--early_stop_window applies to --early_stop only"),
+    ("search --cutout_length 8", "--cutout_length applies to --cutout only (got no --cutout)"),
+    ("search --image_size 16",
+     "--image_size applies to --dataset imagenet, folder or fake only (got --dataset digits)"),
+    ("search --amend_second_order_batch 200",
+     "--amend_second_order_batch 200 is larger than the per-process batch 96"),
+    ("search --batch_size 8 --amend_chunks 9",
+     "--amend_chunks 9 is more than the 8 samples the Hessian products use"),
+    # degenerate or broken data, found before the search (or at its first step)
+    ("search --dataset folder --data {one_class}", "the folder data has 1 class"),
+    ("search --dataset folder --data {corrupt_image} --image_size 8 --batch_size 4 --workers 1 "
+     "--no-progress --threads 1",
+     "/b/3.png: not an image file PIL can decode; remove or replace the file"),
+    # out of memory building the network: the sizes to reduce, and nothing left on disk
+    ("search --preset tiny --init_channels 1000000",
+     "(--batch_size 64, --init_channels 1000000, --layers 3, image size 8): reduce --batch_size, "
+     "--init_channels or --layers"),
     ("train --genotype {bad_json}", "does not parse: genotype: invalid JSON"),
     ("search --dataset cifar10 --data NOWHERE", "pass --download"),
     ("search --dataset folder --data {empty_folder}", "no class folders in"),
     ("train --dataset imagenet --data NOWHERE", "image-net.org"),
     ("plot NOWHERE", "NOWHERE is not a run folder (no metrics.jsonl)"),
-    ("patch-repo NOWHERE", "the following arguments are required: --flavor"),
+    ("patch-repo NOWHERE", "patch-repo needs --flavor (or --undo)"),
 ]
 if not torch.cuda.is_available():
     CLI_ROWS.append(("search --device cuda", "device 'cuda' requested but CUDA is not available"))
@@ -138,6 +199,14 @@ API_ROWS = [
      "invalid eta: -1.0 (must be a finite number >= 0.0)"),
     ("AmendedArchitect(lr=nan)", lambda a: AmendedArchitect(a.model, lr=float("nan")),
      ValueError, "invalid lr: nan"),
+    ("AmendedArchitect(eta=torch.tensor([0.1, 0.2]))",
+     lambda a: AmendedArchitect(a.model, eta=torch.tensor([0.1, 0.2])), ValueError,
+     "invalid eta: tensor([0.1000, 0.2000]) (must be a finite number >= 0.0)"),
+    ("step(uint8 image inputs)",
+     lambda a: a.step((torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8),
+                       torch.randint(0, 10, (4,))), _batch()), ValueError,
+     "train_batch inputs are torch.uint8 (raw image bytes?) but the model's parameters are "
+     "torch.float32; convert them first, e.g. inputs.to(torch.float32) / 255"),
 ]
 
 
@@ -151,11 +220,141 @@ def test_api_bad_input_names_the_problem_and_changes_nothing(label, call, exc, e
     assert all(torch.equal(a, b) for a, b in zip(alphas, architect.alphas, strict=True))
 
 
+# upstream adapters: Architect(model, args) checks the args it reads, with the same ranges
+ADAPTER_ROWS = [
+    ("darts Architect(model, args with arch_learning_rate=-1.0)", {"arch_learning_rate": -1.0},
+     "invalid args.arch_learning_rate: -1.0 (must be a finite number > 0.0)"),
+    ("darts Architect(model, args with amend_eta=-0.1)", {"amend_eta": -0.1},
+     "invalid amend_eta: -0.1 (must be a finite number >= 0.0)"),
+    ("darts Architect(model, args with amend_chunks=0)", {"amend_chunks": 0},
+     "invalid amend_chunks: 0"),
+]
+
+
+@pytest.mark.parametrize("label, fields, expected", ADAPTER_ROWS, ids=[r[0] for r in ADAPTER_ROWS])
+def test_adapter_args_are_checked(label, fields, expected):
+    from types import SimpleNamespace
+
+    from darts_amend.adapters.darts import Architect
+
+    args = SimpleNamespace(**{"momentum": 0.9, "weight_decay": 3e-4, "arch_learning_rate": 3e-4,
+                              "arch_weight_decay": 1e-3, **fields})
+    with pytest.raises(ValueError) as info:
+        Architect(_net(), args)
+    assert expected in str(info.value)
+
+
+def test_adapter_accepts_eta_as_a_0d_tensor():
+    from types import SimpleNamespace
+
+    from darts_amend.adapters.darts import Architect
+
+    args = SimpleNamespace(momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
+                           arch_weight_decay=1e-3, amend_eta=torch.tensor(0.5))
+    assert Architect(_net(), args).amend_eta == 0.5
+
+
 def test_docs_list_every_row():
     """docs/errors.md shows each row's input and message (the table is >= 20 rows)."""
     text = DOCS.read_text()
-    rows = [(c, m) for c, m in CLI_ROWS] + [(label, m) for label, _, _, m in API_ROWS]
+    rows = [(c, m) for c, m in CLI_ROWS] + [(label, m) for label, _, _, m in API_ROWS] + \
+        [(label, m) for label, _, m in ADAPTER_ROWS]
     assert len(rows) >= 20
     flat = re.sub(r"\s+", " ", text.replace("`", "").replace("\\|", "|"))
     missing = [r for r in rows if r[0] not in flat or r[1] not in flat]
     assert not missing, missing
+
+
+# --------------------------------------------------------------------------- run folders
+
+TINY = ["--dataset", "fake", "--fake_size", "16", "--image_size", "8", "--space", "s1",
+        "--layers", "2", "--init_channels", "4", "--batch_size", "4", "--steps_per_epoch", "1",
+        "--epochs", "1", "--threads", "1", "--no-progress", "--no-plots", "-q"]
+
+
+def test_a_failed_start_leaves_nothing_and_the_corrected_command_just_works(tmp_path, capsys):
+    out = tmp_path / "runs" / "a"
+    # refused late (out of memory building the network): no folder, not even runs/
+    assert main(["search", *TINY, "--init_channels", "1000000", "--output", str(out)]) == 2
+    assert "out of memory" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    # a run killed before its first step left only config.json: a fresh run takes the folder,
+    # --resume says what is missing
+    out.mkdir(parents=True)
+    (out / "config.json").write_text('{"command": "search", "config": {}}')
+    assert main(["search", *TINY, "--output", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "has no checkpoint.pt" in err and "start it again without --resume" in err
+    assert main(["search", *TINY, "--output", str(out)]) == 0
+    assert (out / "checkpoint.pt").is_file()
+
+
+def test_resume_refuses_an_edited_config_json_in_one_short_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["search", *TINY, "--epochs", "2", "--time_limit", "1e-9",
+                 "--output", str(out)]) == 0  # stops after epoch 1 of 2
+    cfg = json.loads((out / "config.json").read_text())
+    for key, value in (("init_channels", 8), ("layers", 3), ("seed", 5), ("momentum", 0.5),
+                       ("space", "s2")):
+        cfg["config"][key] = value
+    (out / "config.json").write_text(json.dumps(cfg))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["search", "--output", str(out), "--resume", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and len(err) < 400, err
+    assert "config.json differs from the configuration checkpoint.pt was saved with " \
+           "(init_channels: 4 -> 8; layers: 2 -> 3; momentum: 0.9 -> 0.5; and 2 more)" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_empty_output_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", *TINY, "--output", ""]) == 2
+    assert "--output is empty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_long_internal_failures_are_cut_to_one_line(monkeypatch, capsys, tmp_path):
+    from darts_amend.cli import search as search_mod
+
+    def boom(cfg, ctx):
+        raise RuntimeError("x" * 100_000 + "\nsecond line")
+
+    monkeypatch.setattr(search_mod, "run_search", boom)
+    assert main(["search", *TINY, "--output", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and len(err) < 450 and "report it" in err
+    assert not (tmp_path / "o").exists()  # it never took a step
+
+
+def test_eta_as_a_0d_tensor_is_the_same_as_the_float():
+    net = _net()
+    batch = _batch()
+    a = AmendedArchitect(net, eta=torch.tensor(0.25, dtype=torch.float64))
+    assert a.eta == 0.25 and isinstance(a.eta, float)
+    from darts_amend import amended
+
+    got = amended(net, batch, batch, eta=torch.tensor(0.25, dtype=torch.float64)).grads
+    want = amended(net, batch, batch, eta=0.25).grads
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def test_docs_list_every_declared_range():
+    """docs/errors.md's range table is the field metadata of cli/config.py, row for row."""
+    import dataclasses
+
+    from darts_amend.cli.config import SearchConfig, TrainConfig
+
+    flat = re.sub(r"\s+", " ", DOCS.read_text())
+    declared = {}
+    for cls in (SearchConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("valid") is not None:
+                declared[f.name] = f.metadata["valid"]
+    assert len(declared) >= 40
+    documented = dict(re.findall(r"\| `--(\w+)` \| `([\[(][^`]+[\])])` \|", flat))
+    assert set(documented) == set(declared)
+    from darts_amend.cli.config import ValidRange
+
+    assert all(ValidRange.parse(documented[k]) == v for k, v in declared.items())

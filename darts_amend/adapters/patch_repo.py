@@ -16,15 +16,24 @@ fails):
    with its fix (it does not edit them: they are the user's training scripts);
 5. prints the flags to pass and, for P-DARTS, the edit that replaces its inline alpha update.
 
+Writing is all or nothing: every file that will change must be writable (checked while
+planning, so ``--dry-run`` says it too), each file is replaced through a temporary file, and a
+failure half-way puts every file already written back as it was. ``plan_undo`` / ``apply_undo``
+(``darts-amend patch-repo --undo``) restore the checkout byte for byte from the ``.orig``
+backups and remove them (and a drop-in that replaced no file).
+
 The logic lives here in functions that return data (``plan_patch``, ``apply_patch``,
-``scan_compat``); the ``darts-amend patch-repo`` sub-command that prints them is
-``darts_amend.cli.patch_repo``.
+``plan_undo``, ``apply_undo``, ``scan_compat``); the ``darts-amend patch-repo`` sub-command that
+prints them is ``darts_amend.cli.patch_repo``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 __all__ = [
@@ -34,11 +43,14 @@ __all__ = [
     "Flavor",
     "PDARTS_EDIT",
     "PatchPlan",
+    "UndoPlan",
     "apply_patch",
+    "apply_undo",
     "dropin_text",
     "flags_block",
     "locate_checkout",
     "plan_patch",
+    "plan_undo",
     "scan_compat",
 ]
 
@@ -283,7 +295,11 @@ def _flavor(name: str) -> Flavor:
 
 
 def _read(path: Path) -> str:
-    return path.read_text(encoding="utf-8")
+    """The file's text with its line endings as they are (a CRLF file stays CRLF)."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckoutError(f"{path} is not UTF-8 text; refusing to edit it") from None
 
 
 def locate_checkout(path: str | Path, flavor: str) -> Path:
@@ -355,7 +371,10 @@ def _insert_flags(text: str, path: Path) -> str:
     for i, line in enumerate(lines):
         match = re.match(r"(\s*)args\s*=\s*parser\.parse_args\(", line)
         if match:
-            return "".join(lines[:i]) + flags_block(match.group(1)) + "".join(lines[i:])
+            block = flags_block(match.group(1))
+            if line.endswith("\r\n"):  # keep the file's line endings
+                block = block.replace("\n", "\r\n")
+            return "".join(lines[:i]) + block + "".join(lines[i:])
     raise CheckoutError(
         f"{path} has no `args = parser.parse_args()` line to put the --amend_* flags before"
     )
@@ -392,32 +411,217 @@ def plan_patch(path: str | Path, flavor: str) -> PatchPlan:
     else:
         new_text = _insert_flags(search_text, search)
         flags_action, search_backup = "insert", _backup_for(search, search_text)
-    return PatchPlan(
+    plan = PatchPlan(
         f, directory, architect, action, backup, search, flags_action, search_backup, new_text
     )
+    _check_writable(directory, [p for p, _ in _patch_changes(plan)])
+    return plan
 
 
-def apply_patch(plan: PatchPlan) -> list[str]:
-    """Carry out a plan; returns one line per change made (empty when the checkout was already
-    patched)."""
-    done: list[str] = []
+def _check_writable(directory: Path, paths: list[Path]) -> None:
+    """CheckoutError naming the first file or folder that cannot be written (nothing is)."""
+    if not paths:
+        return
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CheckoutError(
+            f"cannot write to {directory} (no write permission, or a read-only file system); "
+            "nothing was changed"
+        )
+    for path in paths:
+        if path.exists() and not os.access(path, os.W_OK):
+            raise CheckoutError(
+                f"cannot write {path} (no write permission); nothing was changed"
+            )
+
+
+def _patch_changes(plan: PatchPlan) -> list[tuple[Path, bytes | None]]:
+    """The files a plan writes, with their new bytes, in order (backups first)."""
+    changes: list[tuple[Path, bytes | None]] = []
     if plan.architect_action != "keep":
         if plan.architect_backup is not None:
-            plan.architect_backup.write_text(_read(plan.architect), encoding="utf-8")
-            done.append(f"backed up {plan.architect.name} -> {plan.architect_backup.name}")
-        plan.architect.write_text(dropin_text(plan.flavor.name), encoding="utf-8")
-        done.append(
-            f"{'updated' if plan.architect_action == 'update' else 'wrote'} drop-in "
-            f"{plan.architect}"
-        )
+            changes.append((plan.architect_backup, plan.architect.read_bytes()))
+        changes.append((plan.architect, dropin_text(plan.flavor.name).encode("utf-8")))
     if plan.flags_action == "insert":
         assert plan.new_search_text is not None
         if plan.search_backup is not None:
-            plan.search_backup.write_text(_read(plan.search_script), encoding="utf-8")
-            done.append(f"backed up {plan.search_script.name} -> {plan.search_backup.name}")
-        plan.search_script.write_text(plan.new_search_text, encoding="utf-8")
-        done.append(f"added --amend_eta/--amend_estimator/--amend_mode to {plan.search_script}")
+            changes.append((plan.search_backup, plan.search_script.read_bytes()))
+        changes.append((plan.search_script, plan.new_search_text.encode("utf-8")))
+    return changes
+
+
+def _replace(path: Path, data: bytes, mode_from: Path | None) -> None:
+    """Write ``data`` to ``path`` through a temporary file beside it (keeping the mode of
+    ``mode_from`` when it exists)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        if mode_from is not None and mode_from.exists():
+            shutil.copymode(mode_from, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_all_or_none(changes: list[tuple[Path, bytes | None, Path | None]]) -> None:
+    """Carry out ``(path, new bytes or None to delete, take the mode of)``; on any failure put
+    every file already changed back as it was and raise CheckoutError."""
+    done: list[tuple[Path, bytes | None, int]] = []
+    try:
+        for path, data, mode_from in changes:
+            old = path.read_bytes() if path.exists() else None
+            mode = path.stat().st_mode if old is not None else 0
+            if data is None:
+                path.unlink(missing_ok=True)
+            else:
+                _replace(path, data, mode_from if mode_from is not None else path)
+            done.append((path, old, mode))
+    except OSError as err:
+        for path, old, mode in reversed(done):
+            try:
+                if old is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    _replace(path, old, None)
+                    os.chmod(path, mode)
+            except OSError:  # pragma: no cover - the folder broke under us
+                pass
+        failed = getattr(err, "filename", None) or "a file"
+        raise CheckoutError(
+            f"could not write {failed}: {err.strerror or err}; the files already written were "
+            "put back, nothing was changed"
+        ) from None
+
+
+def apply_patch(plan: PatchPlan) -> list[str]:
+    """Carry out a plan, all files or none (CheckoutError, every file as it was); returns one
+    line per change made (empty when the checkout was already patched)."""
+    done: list[str] = []
+    changes: list[tuple[Path, bytes | None, Path | None]] = []
+    for path, data in _patch_changes(plan):
+        source = plan.architect if path == plan.architect_backup else (
+            plan.search_script if path == plan.search_backup else None)
+        changes.append((path, data, source))
+        if source is not None:
+            done.append(f"backed up {source.name} -> {path.name}")
+        elif path == plan.architect:
+            done.append(
+                f"{'updated' if plan.architect_action == 'update' else 'wrote'} drop-in "
+                f"{plan.architect}"
+            )
+        else:
+            done.append(
+                f"added --amend_eta/--amend_estimator/--amend_mode to {plan.search_script}"
+            )
+    _write_all_or_none(changes)
     return done
+
+
+@dataclasses.dataclass
+class UndoPlan:
+    """What ``apply_undo`` will do: ``changes`` are (file, bytes to restore or None to delete,
+    the file whose mode to keep), ``lines`` say it in words, ``notes`` what stays."""
+
+    directory: Path
+    changes: list[tuple[Path, bytes | None, Path | None]]
+    lines: list[str]
+    notes: list[str]
+
+
+def _undo_directory(path: str | Path, flavor: str | None) -> Path:
+    if flavor is not None:
+        return locate_checkout(path, flavor)
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise CheckoutError(f"{root} is not a directory")
+    for candidate in (root, root / "cnn"):
+        if (candidate / "train_search.py").is_file():
+            return candidate
+    raise CheckoutError(f"{root} has no train_search.py: not a checkout patch-repo patched")
+
+
+def _dropin_flavor(text: str) -> Flavor | None:
+    match = re.search(r"^from darts_amend\.adapters\.(\w+) import Architect", text, re.M)
+    return next((f for f in FLAVORS.values() if match and f.module == match.group(1)), None)
+
+
+def _remove_flags(text: str) -> str | None:
+    """``text`` without the inserted flags block (None when it has no complete block)."""
+    lines = text.splitlines(keepends=True)
+    begin = next((i for i, ln in enumerate(lines) if ln.strip() == FLAGS_BEGIN), None)
+    end = next((i for i, ln in enumerate(lines) if ln.strip() == FLAGS_END), None)
+    if begin is None or end is None or end < begin:
+        return None
+    return "".join(lines[:begin] + lines[end + 1:])
+
+
+def plan_undo(path: str | Path, flavor: str | None = None) -> UndoPlan:
+    """Decide how to restore a patched checkout as it was before ``patch-repo``; raises
+    CheckoutError (nothing written) when a file cannot be restored without losing a change."""
+    directory = _undo_directory(path, flavor)
+    changes: list[tuple[Path, bytes | None, Path | None]] = []
+    lines: list[str] = []
+    notes: list[str] = []
+    architect = directory / "architect.py"
+    backup = architect.with_name(architect.name + BACKUP_SUFFIX)
+    if architect.exists() and _read(architect).startswith(DROPIN_MARKER):
+        if backup.exists():
+            changes += [(architect, backup.read_bytes(), backup), (backup, None, None)]
+            lines.append(f"restored {architect.name} from {backup.name}")
+        else:
+            f = _dropin_flavor(_read(architect))
+            if f is None or f.has_architect:
+                raise CheckoutError(
+                    f"{architect} is darts-amend's drop-in but there is no {backup.name} to "
+                    "restore; get the upstream file back with git (git checkout architect.py)"
+                )
+            changes.append((architect, None, None))
+            lines.append(f"removed drop-in {architect.name} ({f.repo} has no architect.py)")
+    elif backup.exists():
+        if not architect.exists():
+            changes += [(architect, backup.read_bytes(), backup), (backup, None, None)]
+            lines.append(f"restored {architect.name} from {backup.name}")
+        elif architect.read_bytes() == backup.read_bytes():  # restored by hand already
+            changes.append((backup, None, None))
+            lines.append(f"removed {backup.name} (identical to {architect.name})")
+        else:
+            raise CheckoutError(
+                f"{architect} is not darts-amend's drop-in and differs from {backup.name}; "
+                "refusing to choose between them"
+            )
+    search = directory / "train_search.py"
+    search_backup = search.with_name(search.name + BACKUP_SUFFIX)
+    text = _read(search)
+    stripped = _remove_flags(text)
+    old = search_backup.read_bytes() if search_backup.exists() else None
+    if stripped is not None:
+        data = stripped.encode("utf-8")
+        if old is not None and old == data:
+            changes += [(search, old, search), (search_backup, None, None)]
+            lines.append(f"restored {search.name} from {search_backup.name}")
+        else:
+            changes.append((search, data, search))
+            lines.append(f"removed the --amend_* flags from {search.name}")
+            if old is not None:
+                notes.append(f"kept {search_backup.name}: {search.name} was edited after "
+                             "patching, so the backup is not the file any more")
+    elif old is not None:
+        if old != search.read_bytes():
+            raise CheckoutError(
+                f"{search} has no darts-amend flags and differs from {search_backup.name}; "
+                "refusing to choose between them"
+            )
+        changes.append((search_backup, None, None))
+        lines.append(f"removed {search_backup.name}")
+    _check_writable(directory, [p for p, _, _ in changes])
+    return UndoPlan(directory, changes, lines, notes)
+
+
+def apply_undo(plan: UndoPlan) -> list[str]:
+    """Carry out an undo plan, all files or none; returns its lines (empty: nothing to undo)."""
+    _write_all_or_none(plan.changes)
+    return list(plan.lines)
 
 
 def scan_compat(directory: str | Path) -> list[CompatIssue]:

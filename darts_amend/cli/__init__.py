@@ -25,6 +25,7 @@ from .config import (
     TrainConfig,
     add_config_flags,
     build_config,
+    check_config,
     config_to_dict,
 )
 
@@ -98,13 +99,22 @@ class _Progress:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
+        self._bars: list[Any] = []
 
     def __call__(self, **kwargs: Any):
         if self.enabled:
             from tqdm.auto import tqdm
 
-            return tqdm(leave=False, dynamic_ncols=True, **kwargs)
+            bar = tqdm(leave=False, dynamic_ncols=True, **kwargs)
+            self._bars.append(bar)
+            return bar
         return _NoBar()
+
+    def close_all(self) -> None:
+        """Clear the bars' lines, so that an error message starts on a line of its own."""
+        for bar in self._bars:
+            bar.close()
+        self._bars.clear()
 
 
 class _NoBar:
@@ -181,54 +191,6 @@ def _default_output(command: str, dataset: str) -> Path:
     return Path("runs") / f"{command}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _validate_search(cfg: SearchConfig, world: int) -> None:
-    _validate_common(cfg, world)
-    if not 0 < cfg.train_portion < 1:
-        raise CLIError(f"invalid --train_portion {cfg.train_portion} (must be in (0, 1))")
-    if cfg.eta < 0:
-        raise CLIError(f"invalid --eta {cfg.eta} (must be >= 0)")
-    if cfg.arch_learning_rate <= 0:
-        raise CLIError(f"invalid --arch_learning_rate {cfg.arch_learning_rate}")
-    if cfg.hvp_chunks < 1 or cfg.second_order_batch < 0:
-        raise CLIError(f"invalid --amend_chunks {cfg.hvp_chunks} (must be >= 1) or "
-                       f"--amend_second_order_batch {cfg.second_order_batch} (must be >= 0)")
-    if cfg.until_converged < 0 or cfg.diag_every < 0:
-        raise CLIError("--until-converged and --diag_every must be >= 0")
-    if cfg.early_stop:
-        if cfg.diag_every < 1:
-            raise CLIError("--early_stop decides on the alpha-Hessian eigenvalue, which is only "
-                           "measured with --diag_every N (N >= 1)")
-        if cfg.early_stop_window < 1 or cfg.early_stop_lag < 1 or cfg.early_stop_start < 0:
-            raise CLIError("--early_stop_window and --early_stop_lag must be >= 1, "
-                           "--early_stop_start >= 0")
-        if not cfg.early_stop_factor > 1:
-            raise CLIError(f"invalid --early_stop_factor {cfg.early_stop_factor} (must be > 1)")
-    if not 0 < cfg.converge_threshold <= 1:
-        raise CLIError(f"invalid --converge_threshold {cfg.converge_threshold}")
-    if cfg.partial_channels < 1 or cfg.init_channels % cfg.partial_channels:
-        raise CLIError(f"--partial_channels {cfg.partial_channels} must divide "
-                       f"--init_channels {cfg.init_channels}")
-    if not 0 <= cfg.drop_path_prob < 1 or not 0 <= cfg.dropout < 1:
-        raise CLIError("--drop_path_prob and --dropout must be in [0, 1)")
-    if cfg.dataset == "imagenet" and cfg.init_channels % 2:
-        raise CLIError(f"--init_channels {cfg.init_channels}: the ImageNet stem needs an even "
-                       f"channel count")
-    if cfg.estimator != "amended" and cfg.eta != SearchConfig.eta:
-        raise CLIError(f"--eta applies to --estimator amended only (got --estimator "
-                       f"{cfg.estimator})")
-    from darts_amend.estimators import validate_options
-
-    from .search import OPTION_FLAGS, estimator_options
-
-    try:
-        validate_options(cfg.estimator, estimator_options(cfg))
-    except (TypeError, ValueError) as err:
-        msg = str(err)
-        for key, flag in OPTION_FLAGS.items():  # name the flag, not the library's keyword
-            msg = msg.replace(f"invalid {key}:", f"invalid {flag}")
-        raise CLIError(msg) from None
-
-
 # flags that size a search: without any of them (nor a preset or config) on a CPU, say so
 SIZE_FLAGS = ("epochs", "layers", "init_channels", "batch_size", "steps_per_epoch",
               "time_limit", "subset", "fake_size", "until_converged")
@@ -248,28 +210,6 @@ def _warn_unsized(args: argparse.Namespace, cfg: Any, device: Any) -> bool:
     return True
 
 
-def _validate_common(cfg: Any, world: int) -> None:
-    for name in ("epochs", "batch_size", "init_channels", "layers"):
-        v = getattr(cfg, name)
-        if v is not None and v < 1:
-            raise CLIError(f"invalid --{name} {v} (must be >= 1)")
-    if cfg.batch_size is not None and cfg.batch_size % world:
-        raise CLIError(f"--batch_size {cfg.batch_size} (the global batch) must be divisible by "
-                       f"the {world} torchrun processes")
-    if cfg.learning_rate is not None and cfg.learning_rate <= 0:
-        raise CLIError(f"invalid --learning_rate {cfg.learning_rate}")
-    if cfg.time_limit < 0:
-        raise CLIError(f"invalid --time_limit {cfg.time_limit}")
-    if cfg.steps_per_epoch < 0:
-        raise CLIError(f"invalid --steps_per_epoch {cfg.steps_per_epoch}")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise CLIError(f"invalid --threads {cfg.threads}")
-    if cfg.workers is not None and cfg.workers < 0:
-        raise CLIError(f"invalid --workers {cfg.workers}")
-    if cfg.cutout and cfg.cutout_length < 1:
-        raise CLIError(f"invalid --cutout_length {cfg.cutout_length}")
-
-
 def _config(args: argparse.Namespace, cls: type, presets: dict) -> Any:
     """The validated config (a resumed run starts from its stored one); writes nothing."""
     from .runtime import RunFolder
@@ -279,6 +219,9 @@ def _config(args: argparse.Namespace, cls: type, presets: dict) -> Any:
         raise CLIError("--resume and --force exclude each other")
     if args.resume and args.output is None:
         raise CLIError("--resume needs --output, the folder of the run to continue")
+    if args.output is not None and not args.output.strip():
+        raise CLIError("--output is empty: name a folder (without --output the run goes to "
+                       "runs/<command>-<dataset>-<time>)")
     base = None
     if args.resume:
         stored = RunFolder(args.output).stored_config()
@@ -293,11 +236,9 @@ def _config(args: argparse.Namespace, cls: type, presets: dict) -> Any:
         from .train import resolve_train_defaults
 
         cfg = resolve_train_defaults(cfg)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if command == "search":
-        _validate_search(cfg, world)
-    else:
-        _validate_common(cfg, world)
+    check_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    if not args.dist_timeout > 0:
+        raise CLIError(f"invalid --dist_timeout {args.dist_timeout} (must be > 0 seconds)")
     return cfg
 
 
@@ -306,7 +247,7 @@ def _open_folder(args: argparse.Namespace, cfg: Any, d: Any) -> Any:
     folder or the same error."""
     from .runtime import RunFolder
 
-    error, path = None, None
+    error, path, folder = None, None, None
     if d.is_main:
         try:
             path = Path(args.output) if args.output else _default_output(args.command,
@@ -326,8 +267,10 @@ def _open_folder(args: argparse.Namespace, cfg: Any, d: Any) -> Any:
         dist.broadcast_object_list(box, src=0)
         error, path = box[0], box[1]
     if error is not None:
+        if folder is not None:
+            folder.discard()
         raise CLIError(error)
-    return RunFolder(path, writer=d.is_main)
+    return folder if folder is not None else RunFolder(path, writer=d.is_main)
 
 
 def _data(cfg: Any, command: str, seed: int):
@@ -340,12 +283,29 @@ def _data(cfg: Any, command: str, seed: int):
                                        if cfg.cutout else 0, **common)
         if command == "search":
             split = split_indices(len(train_set), cfg.train_portion, seed=seed)
+            _check_degenerate(cfg, command, info, train_set, split)
             return train_set, None, info, split
         common["subset"] = 1.0
         test_set, _ = load_dataset(cfg.dataset, train=False, **common)
     except DataError as err:
         raise CLIError(str(err)) from None
+    _check_degenerate(cfg, command, info, train_set, split if command == "search" else None)
     return train_set, test_set, info, (list(range(len(train_set))), None)
+
+
+def _check_degenerate(cfg: Any, command: str, info: Any, train_set: Any, split: Any) -> None:
+    """Refuse data a classifier cannot learn from; warn about data smaller than a batch."""
+    if info.num_classes < 2:
+        raise CLIError(f"the {cfg.dataset} data has {info.num_classes} class: there is nothing "
+                       f"to tell apart (a search would reach accuracy 1.0 and mean nothing); "
+                       f"give it at least 2 classes")
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    n, what = (len(split[0]), "weight half of the training set") if split is not None else (
+        len(train_set), "training set")
+    if n < cfg.batch_size:
+        print(f"darts-amend: warning: the {what} holds {n} samples, fewer than --batch_size "
+              f"{cfg.batch_size}: every epoch is one step on those {n} samples", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -366,29 +326,39 @@ def _run(args: argparse.Namespace) -> int:
             raise CLIError(f"the genotype fixes {genotype.num_cells} cells (one genotype per "
                            f"cell), but --layers {cfg.layers}")
     train_set, test_set, info, split = _data(cfg, command, cfg.seed)
-    if not args.dist_timeout > 0:
-        raise CLIError(f"invalid --dist_timeout {args.dist_timeout} (must be > 0 seconds)")
     d, device = setup_distributed(cfg.device, timeout=args.dist_timeout)
     threads = torch.get_num_threads()
+    folder = None
+    progress = _Progress(cfg.progress and d.is_main and not args.quiet)
     try:
         folder = _open_folder(args, cfg, d)
         ckpt = None
         if args.resume:  # reads only: the folder changes once the run saves a checkpoint
             ckpt = folder.checkpoints.load()
+            folder.check_checkpoint_config(ckpt, config_to_dict(cfg))
             folder.resume_metrics(ckpt["epoch"])
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         args._estimate_time = d.is_main and _warn_unsized(args, cfg, device)
         try:
             return _execute(args, cfg, folder, genotype, train_set, test_set, info, split, d,
-                            device, ckpt)
+                            device, ckpt, progress)
         except RuntimeError as err:
-            if not (d.enabled and _lost_peer(err)) or getattr(args, "debug", False):
+            if getattr(args, "debug", False):
+                raise
+            if _out_of_memory(err):
+                raise CLIError(_oom_message(cfg, info, device, folder)) from None
+            if not (d.enabled and _lost_peer(err)):
                 raise
             raise CLIError(
                 f"rank {d.rank}: lost contact with the other torchrun processes "
                 f"({str(err).strip().splitlines()[0][:160]}); the last checkpoint is in "
                 f"{folder.path}: continue with --resume") from None
+    except BaseException:
+        progress.close_all()
+        if folder is not None:  # a run that never took a step leaves nothing behind
+            folder.discard()
+        raise
     finally:
         torch.set_num_threads(threads)
         if d.owns_group:
@@ -397,8 +367,27 @@ def _run(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
 
 
+def _out_of_memory(err: BaseException) -> bool:
+    import torch
+
+    text = str(err).lower()
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or \
+        "can't allocate memory" in text or "not enough memory" in text
+
+
+def _oom_message(cfg: Any, info: Any, device: Any, folder: Any) -> str:
+    """One line: where memory ran out and the settings that size the network and the batch."""
+    sizes = (f"--batch_size {cfg.batch_size}, --init_channels {cfg.init_channels}, --layers "
+             f"{cfg.layers if cfg.layers is not None else 'default'}, image size {info.image_size}")
+    smaller = "--batch_size, --init_channels or --layers" + (
+        ", or --image_size" if cfg.dataset in ("imagenet", "folder", "fake") else "")
+    when = "at the first step or building the network" if not folder.started else "mid-run"
+    kept = "" if not folder.started else f"; the last checkpoint stays in {folder.path}"
+    return f"out of memory on {device} {when} ({sizes}): reduce {smaller}{kept}"
+
+
 def _execute(args, cfg, folder, genotype, train_set, test_set, info, split, d, device,
-             ckpt) -> int:
+             ckpt, progress) -> int:
     command = args.command
     workers = cfg.workers if cfg.workers is not None else (
         0 if cfg.dataset in ("digits", "fake") else min(4, _cpus()))
@@ -407,7 +396,7 @@ def _execute(args, cfg, folder, genotype, train_set, test_set, info, split, d, d
     with _GracefulInterrupt() as interrupt:
         ctx = RunContext(dist=d, device=device, folder=folder, info=info, train_set=train_set,
                          test_set=test_set, split=split, workers=workers, checkpoint=ckpt,
-                         progress=_Progress(cfg.progress and d.is_main and not args.quiet),
+                         progress=progress,
                          echo=echo, interrupt=interrupt,
                          estimate_time=getattr(args, "_estimate_time", False))
         if d.is_main:
@@ -423,6 +412,13 @@ def _execute(args, cfg, folder, genotype, train_set, test_set, info, split, d, d
 
                 summary = run_train(cfg, ctx, genotype)
         except KeyboardInterrupt:
+            if not folder.started:  # before the first step: nothing worth keeping
+                progress.close_all()
+                folder.discard()
+                if d.is_main:
+                    print(f"darts-amend: interrupted before the first step; {folder.path} is "
+                          f"left as it was", file=sys.stderr)
+                return 130
             if d.is_main:
                 where = (f" at epoch {ctx.interrupted[0] + 1}, step {ctx.interrupted[1]}"
                          if ctx.interrupted else "")
@@ -472,8 +468,8 @@ def _finish(command: str, cfg: Any, folder: Any, summary: dict[str, Any], quiet:
             print(f"early stop at epoch {summary['early_stop_epoch']}: the alpha-Hessian "
                   f"eigenvalue's local mean grew "
                   f"{f'{ratio:.2f}x' if ratio is not None else ''} (> {cfg.early_stop_factor}); "
-                  f"genotype reverted to the one recorded at epoch {summary['revert_epoch']} "
-                  f"(epochs counted from 0, as in metrics.jsonl)", file=out)
+                  f"genotype reverted to the one recorded at epoch {summary['revert_epoch']}",
+                  file=out)
         print(str(genotype), file=out)
         conv = ("yes" if summary["converged"] else "no") + (
             f" (kept-op weight min {summary['kept_weight_min']:.3f}, threshold "
@@ -556,13 +552,24 @@ def _main(argv: Sequence[str] | None) -> int:
     except Exception as err:  # a failure we did not foresee: one line, the traceback on demand
         if debug:
             raise
-        print(f"darts-amend: error: {type(err).__name__}: {_one_line(str(err))} (an internal "
-              f"failure; rerun with --debug for the traceback and report it)", file=sys.stderr)
+        from darts_amend.data import DataError
+
+        if isinstance(err, DataError):  # bad data found while reading it (a broken image)
+            # from a DataLoader worker it arrives with the worker's traceback in its message:
+            # the message proper is the last line
+            lines = str(err).strip().splitlines() or [""]
+            print(f"darts-amend: error: {_one_line(lines[-1].split('DataError: ', 1)[-1])}",
+                  file=sys.stderr)
+            return 2
+        print(f"darts-amend: error: {type(err).__name__}: {_one_line(str(err), 300)} (an "
+              f"internal failure; rerun with --debug for the traceback and report it)",
+              file=sys.stderr)
         return 1
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+def _one_line(text: str, limit: int | None = None) -> str:
+    text = " ".join(text.split())
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _patch_repo(args: argparse.Namespace) -> int:

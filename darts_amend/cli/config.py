@@ -16,6 +16,9 @@ from typing import Any
 
 __all__ = [
     "CLIError",
+    "ValidRange",
+    "valid_range",
+    "check_config",
     "SearchConfig",
     "TrainConfig",
     "SEARCH_PRESETS",
@@ -25,6 +28,8 @@ __all__ = [
     "config_to_dict",
     "config_from_dict",
     "RUN_KEYS",
+    "OPTION_FLAGS",
+    "estimator_options",
 ]
 
 
@@ -32,8 +37,43 @@ class CLIError(Exception):
     """Bad input to the command line: printed as ``darts-amend: error: ...``, exit code 2."""
 
 
-def _f(default: Any, help: str, *, choices: tuple | None = None, alias: str | None = None):
-    return field(default=default, metadata={"help": help, "choices": choices, "alias": alias})
+@dataclass(frozen=True)
+class ValidRange:
+    """A numeric setting's declared valid range, written as an interval: ``"[0, 1)"``,
+    ``"(0, inf)"``, ``"[1, inf)"``; one declaration per setting (``_f(..., valid=...)``), checked
+    for flags, YAML files and stored configs alike."""
+
+    low: float
+    high: float
+    low_closed: bool
+    high_closed: bool
+
+    @classmethod
+    def parse(cls, text: str) -> ValidRange:
+        text = text.strip()
+        low, high = (float(x) for x in text[1:-1].split(","))
+        return cls(low, high, text[0] == "[", text[-1] == "]")
+
+    def __contains__(self, value: float) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return above and below
+
+    def describe(self) -> str:
+        def num(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else repr(x)
+
+        if math.isinf(self.high):
+            return f"{'>=' if self.low_closed else '>'} {num(self.low)}"
+        return (f"in {'[' if self.low_closed else '('}{num(self.low)}, {num(self.high)}"
+                f"{']' if self.high_closed else ')'}")
+
+
+def _f(default: Any, help: str, *, choices: tuple | None = None, alias: str | None = None,
+       valid: str | None = None):
+    return field(default=default, metadata={
+        "help": help, "choices": choices, "alias": alias,
+        "valid": ValidRange.parse(valid) if valid else None})
 
 
 ESTIMATOR_NAMES = ("amended", "first_order", "unrolled", "implicit_cg", "implicit_neumann")
@@ -41,84 +81,95 @@ ESTIMATOR_NAMES = ("amended", "first_order", "unrolled", "implicit_cg", "implici
 
 @dataclass
 class SearchConfig:
-    """``darts-amend search``: paper defaults (DESIGN.md section 6)."""
+    """``darts-amend search``: the paper's defaults (Sec. 4.1; docs/usage.md)."""
 
     dataset: str = _f("digits", "data set", choices=("digits", "cifar10", "cifar100", "imagenet",
                                                      "folder", "fake"))
     data: str | None = _f(None, "data folder (cifar*/imagenet/folder)")
     download: bool = _f(False, "download CIFAR with torchvision (needs internet)")
-    subset: float = _f(1.0, "class-stratified fraction of the training set to use")
-    image_size: int | None = _f(None, "image size for imagenet/folder/fake")
-    fake_size: int = _f(256, "number of images of the fake data set")
+    subset: float = _f(1.0, "class-stratified fraction of the training set to use", valid="(0, 1]")
+    image_size: int | None = _f(None, "image size for imagenet/folder/fake", valid="[1, inf)")
+    fake_size: int = _f(256, "number of images of the fake data set", valid="[2, inf)")
     train_portion: float = _f(0.5, "fraction of the training set that trains weights; the rest "
-                                   "trains alphas")
+                                   "trains alphas", valid="(0, 1)")
     space: str = _f("darts", "search space (s1r-s4r: RobustDARTS' reduced spaces; nb201: the "
                              "NAS-Bench-201 cell)",
                     choices=("darts", "s1", "s2", "s1r", "s2r", "s3r", "s4r", "nb201"))
     layers: int | None = _f(None, "cells in the search network (default: 8, or 20 for s2; "
-                                  "nb201: cells per stage, default 5)")
-    init_channels: int = _f(16, "base channel number C")
-    partial_channels: int = _f(1, "PC-DARTS partial-channel factor K (1 = off)")
+                                  "nb201: cells per stage, default 5)", valid="[1, inf)")
+    init_channels: int = _f(16, "base channel number C", valid="[1, inf)")
+    partial_channels: int = _f(1, "PC-DARTS partial-channel factor K (1 = off)", valid="[1, inf)")
     edge_normalization: bool = _f(False, "PC-DARTS edge normalisation (betas)")
-    drop_path_prob: float = _f(0.0, "drop-path probability in the search network")
-    dropout: float = _f(0.0, "dropout before the classifier of the search network")
+    drop_path_prob: float = _f(0.0, "drop-path probability in the search network", valid="[0, 1)")
+    dropout: float = _f(0.0, "dropout before the classifier of the search network", valid="[0, 1)")
     auxiliary: bool = _f(False, "auxiliary tower during search")
-    auxiliary_weight: float = _f(0.4, "weight of the auxiliary loss")
+    auxiliary_weight: float = _f(0.4, "weight of the auxiliary loss", valid="[0, inf)")
     cutout: bool = _f(False, "cutout augmentation on the training data")
-    cutout_length: int = _f(16, "cutout square side (pixels)")
-    epochs: int = _f(100, "search epochs (the maximum, with --until-converged)")
-    batch_size: int = _f(96, "global batch size (split over torchrun processes)")
-    learning_rate: float = _f(0.025, "weight learning rate (SGD, cosine schedule)")
-    learning_rate_min: float = _f(0.001, "final weight learning rate")
-    momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(3e-4, "weight decay of the weights")
-    grad_clip: float = _f(5.0, "gradient norm clip of the weights (0 = off)")
+    cutout_length: int = _f(16, "cutout square side (pixels)", valid="[1, inf)")
+    epochs: int = _f(100, "search epochs (the maximum, with --until-converged)", valid="[1, inf)")
+    batch_size: int = _f(96, "global batch size (split over torchrun processes)", valid="[1, inf)")
+    learning_rate: float = _f(0.025, "weight learning rate (SGD, cosine schedule)",
+                              valid="(0, inf)")
+    learning_rate_min: float = _f(0.001, "final weight learning rate", valid="[0, inf)")
+    momentum: float = _f(0.9, "SGD momentum", valid="[0, 1)")
+    weight_decay: float = _f(3e-4, "weight decay of the weights", valid="[0, inf)")
+    grad_clip: float = _f(5.0, "gradient norm clip of the weights (0 = off)", valid="[0, inf)")
     estimator: str = _f("amended", "hypergradient estimator", choices=ESTIMATOR_NAMES)
-    eta: float = _f(0.1, "amending coefficient (estimator amended)", alias="--amend_eta")
+    eta: float = _f(0.1, "amending coefficient (estimator amended)", alias="--amend_eta",
+                    valid="[0, inf)")
     hvp_mode: str = _f("exact", "Hessian products: exact (double backward), finite_difference "
                                 "(central) or forward_difference (one-sided, one pass fewer) "
                                 "(every estimator but first_order)",
                        choices=("exact", "finite_difference", "forward_difference"))
-    fd_r: float = _f(0.01, "finite-difference step scale r (step = r / ||v||)")
+    fd_r: float = _f(0.01, "finite-difference step scale r (step = r / ||v||)", valid="(0, inf)")
     hvp_chunks: int = _f(1, "accumulate the Hessian products over K micro-batches of the "
                             "training batch (memory ~1/K; exact only without train-mode "
-                            "BatchNorm)", alias="--amend_chunks")
+                            "BatchNorm)", alias="--amend_chunks", valid="[1, inf)")
     second_order_batch: int = _f(0, "Hessian products on the first M training samples only "
                                     "(0 = the whole batch; cheaper, a noisier estimator)",
-                                 alias="--amend_second_order_batch")
+                                 alias="--amend_second_order_batch", valid="[0, inf)")
     fast_depthwise: bool = _f(True, "cheaper double backward through grouped convolutions "
                                     "(exact products; same values)")
-    cg_iterations: int = _f(10, "conjugate-gradient iterations (implicit_cg)")
-    cg_damping: float = _f(0.0, "damping added to H (implicit_cg)")
-    neumann_terms: int = _f(10, "Neumann series terms (implicit_neumann)")
-    neumann_gamma: float = _f(0.01, "Neumann step size gamma (implicit_neumann)")
-    arch_learning_rate: float = _f(3e-4, "alpha learning rate (Adam)")
-    arch_weight_decay: float = _f(1e-3, "alpha weight decay")
-    arch_beta1: float = _f(0.5, "Adam beta1 of the alphas")
-    arch_beta2: float = _f(0.999, "Adam beta2 of the alphas")
+    cg_iterations: int = _f(10, "conjugate-gradient iterations (implicit_cg)", valid="[1, inf)")
+    cg_damping: float = _f(0.0, "damping added to H (implicit_cg)", valid="[0, inf)")
+    neumann_terms: int = _f(10, "Neumann series terms (implicit_neumann)", valid="[1, inf)")
+    neumann_gamma: float = _f(0.01, "Neumann step size gamma (implicit_neumann)", valid="(0, inf)")
+    arch_learning_rate: float = _f(3e-4, "alpha learning rate (Adam)", valid="(0, inf)")
+    arch_weight_decay: float = _f(1e-3, "alpha weight decay", valid="[0, inf)")
+    arch_beta1: float = _f(0.5, "Adam beta1 of the alphas", valid="[0, 1)")
+    arch_beta2: float = _f(0.999, "Adam beta2 of the alphas", valid="[0, 1)")
     until_converged: int = _f(0, "stop once every kept op weighs >= --converge_threshold and the "
                                  "genotype is unchanged for this many epochs (0 = off)",
-                              alias="--until-converged")
-    converge_threshold: float = _f(0.5, "kept-op softmax weight of the convergence rule")
+                              alias="--until-converged", valid="[0, inf)")
+    converge_threshold: float = _f(0.5, "kept-op softmax weight of the convergence rule",
+                                   valid="(0, 1]")
     time_limit: float = _f(0.0, "stop after the epoch in which this many seconds of this "
-                                "invocation have passed (0 = off); --resume continues")
+                                "invocation have passed (0 = off); --resume continues",
+                           valid="[0, inf)")
     diag_every: int = _f(0, "every N epochs also measure the alpha-Hessian eigenvalue and the "
                             "estimators' alignment with implicit CG (0 = only the cheap "
-                            "skip-share / entropy / kept-weight signals, every epoch)")
+                            "skip-share / entropy / kept-weight signals, every epoch)",
+                         valid="[0, inf)")
     early_stop: bool = _f(False, "RobustDARTS-style early stop (DARTS-ES, needs --diag_every): "
                                  "stop when the local mean of the alpha-Hessian eigenvalue grows "
                                  "by more than --early_stop_factor and keep the genotype of the "
                                  "earlier window's centre epoch")
-    early_stop_window: int = _f(5, "eigenvalue measurements averaged into one local mean")
-    early_stop_lag: int = _f(4, "measurements between the two local means compared")
-    early_stop_factor: float = _f(1.3, "growth ratio of the local mean that stops (> 1)")
-    early_stop_start: int = _f(10, "earliest epoch the search may be reverted to")
-    steps_per_epoch: int = _f(0, "cap on steps per epoch (0 = the whole weight half)")
-    seed: int = _f(2, "random seed")
-    workers: int | None = _f(None, "data-loader workers (default: 0 for digits/fake, else 4)")
+    early_stop_window: int = _f(5, "eigenvalue measurements averaged into one local mean",
+                                valid="[1, inf)")
+    early_stop_lag: int = _f(4, "measurements between the two local means compared",
+                             valid="[1, inf)")
+    early_stop_factor: float = _f(1.3, "growth ratio of the local mean that stops (> 1)",
+                                  valid="(1, inf)")
+    early_stop_start: int = _f(10, "earliest epoch the search may be reverted to",
+                               valid="[0, inf)")
+    steps_per_epoch: int = _f(0, "cap on steps per epoch (0 = the whole weight half)",
+                              valid="[0, inf)")
+    seed: int = _f(2, "random seed", valid="[0, 4294967295]")
+    workers: int | None = _f(None, "data-loader workers (default: 0 for digits/fake, else 4)",
+                             valid="[0, inf)")
     device: str = _f("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
     threads: int | None = _f(None, "CPU threads for torch (default: torch's choice; 1 is often "
-                                   "fastest on a busy or small machine)")
+                                   "fastest on a busy or small machine)", valid="[1, inf)")
     progress: bool = _f(True, "tqdm progress bars")
     plots: bool = _f(True, "write PNG plots at the end")
 
@@ -132,39 +183,48 @@ class TrainConfig:
                                                       "folder", "fake"))
     data: str | None = _f(None, "data folder (cifar*/imagenet/folder)")
     download: bool = _f(False, "download CIFAR with torchvision (needs internet)")
-    subset: float = _f(1.0, "class-stratified fraction of the training set to use")
-    image_size: int | None = _f(None, "image size for imagenet/folder/fake")
-    fake_size: int = _f(256, "number of images of the fake data set")
+    subset: float = _f(1.0, "class-stratified fraction of the training set to use", valid="(0, 1]")
+    image_size: int | None = _f(None, "image size for imagenet/folder/fake", valid="[1, inf)")
+    fake_size: int = _f(256, "number of images of the fake data set", valid="[2, inf)")
     layers: int | None = _f(None, "cells (default: 20 CIFAR, 14 ImageNet, or the genotype's "
                                   "own count for a per-cell genotype; an NB201 cell: cells per "
-                                  "stage, default 5)")
-    init_channels: int | None = _f(None, "base channels C (default: 36 CIFAR, 42 ImageNet)")
-    epochs: int | None = _f(None, "epochs (default: 600 CIFAR, 250 ImageNet)")
-    batch_size: int | None = _f(None, "global batch size (default: 96 CIFAR, 1024 ImageNet)")
-    learning_rate: float | None = _f(None, "initial learning rate (default: 0.025 / 0.5)")
-    learning_rate_min: float = _f(0.0, "final learning rate of the cosine schedule")
+                                  "stage, default 5)", valid="[1, inf)")
+    init_channels: int | None = _f(None, "base channels C (default: 36 CIFAR, 42 ImageNet)",
+                                   valid="[1, inf)")
+    epochs: int | None = _f(None, "epochs (default: 600 CIFAR, 250 ImageNet)", valid="[1, inf)")
+    batch_size: int | None = _f(None, "global batch size (default: 96 CIFAR, 1024 ImageNet)",
+                                valid="[1, inf)")
+    learning_rate: float | None = _f(None, "initial learning rate (default: 0.025 / 0.5)",
+                                     valid="(0, inf)")
+    learning_rate_min: float = _f(0.0, "final learning rate of the cosine schedule",
+                                  valid="[0, inf)")
     lr_schedule: str | None = _f(None, "cosine (CIFAR default) or linear (ImageNet default)",
                                  choices=("cosine", "linear"))
-    momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float | None = _f(None, "weight decay (default: 3e-4 CIFAR, 3e-5 ImageNet)")
-    grad_clip: float = _f(5.0, "gradient norm clip (0 = off)")
+    momentum: float = _f(0.9, "SGD momentum", valid="[0, 1)")
+    weight_decay: float | None = _f(None, "weight decay (default: 3e-4 CIFAR, 3e-5 ImageNet)",
+                                    valid="[0, inf)")
+    grad_clip: float = _f(5.0, "gradient norm clip (0 = off)", valid="[0, inf)")
     auxiliary: bool = _f(True, "auxiliary tower")
-    auxiliary_weight: float = _f(0.4, "weight of the auxiliary loss")
+    auxiliary_weight: float = _f(0.4, "weight of the auxiliary loss", valid="[0, inf)")
     drop_path_prob: float | None = _f(None, "final drop-path probability, ramped linearly "
-                                            "(default: 0.2 CIFAR, 0 ImageNet)")
+                                            "(default: 0.2 CIFAR, 0 ImageNet)", valid="[0, 1)")
     cutout: bool | None = _f(None, "cutout augmentation (default: on for CIFAR, off ImageNet)")
-    cutout_length: int = _f(16, "cutout square side (pixels)")
-    label_smooth: float | None = _f(None, "label smoothing (default: 0 CIFAR, 0.1 ImageNet)")
+    cutout_length: int = _f(16, "cutout square side (pixels)", valid="[1, inf)")
+    label_smooth: float | None = _f(None, "label smoothing (default: 0 CIFAR, 0.1 ImageNet)",
+                                    valid="[0, 1)")
     amp: bool = _f(False, "mixed precision: float16 autocast + grad scaling on CUDA, "
                           "bfloat16 autocast on CPU")
-    steps_per_epoch: int = _f(0, "cap on steps per epoch (0 = the whole training set)")
+    steps_per_epoch: int = _f(0, "cap on steps per epoch (0 = the whole training set)",
+                              valid="[0, inf)")
     time_limit: float = _f(0.0, "stop after the epoch in which this many seconds of this "
-                                "invocation have passed (0 = off); --resume continues")
-    seed: int = _f(0, "random seed")
-    workers: int | None = _f(None, "data-loader workers (default: 0 for digits/fake, else 4)")
+                                "invocation have passed (0 = off); --resume continues",
+                           valid="[0, inf)")
+    seed: int = _f(0, "random seed", valid="[0, 4294967295]")
+    workers: int | None = _f(None, "data-loader workers (default: 0 for digits/fake, else 4)",
+                             valid="[0, inf)")
     device: str = _f("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
     threads: int | None = _f(None, "CPU threads for torch (default: torch's choice; 1 is often "
-                                   "fastest on a busy or small machine)")
+                                   "fastest on a busy or small machine)", valid="[1, inf)")
     progress: bool = _f(True, "tqdm progress bars")
     plots: bool = _f(True, "write PNG plots at the end")
 
@@ -254,7 +314,12 @@ def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     key = key.replace("-", "_")
     if key not in fields:
-        raise CLIError(f"{source}: unknown setting {key!r} (valid: {', '.join(sorted(fields))})")
+        import difflib
+
+        close = difflib.get_close_matches(key, list(fields), n=3)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise CLIError(f"{source}: unknown setting {key!r} ({hint}the settings are the flags "
+                       f"of --help, without the dashes)")
     f = fields[key]
     base, optional = _base_type(f.type)
     name = f"--{key}" if source == "flags" else f"{source}: {key}"
@@ -284,6 +349,10 @@ def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
     choices = f.metadata.get("choices")
     if choices and out not in choices:
         raise CLIError(f"{name}: invalid value {out!r}; choose one of {', '.join(choices)}")
+    valid = f.metadata.get("valid")
+    if valid is not None and out not in valid:
+        what = f"invalid --{key}" if source == "flags" else f"{source}: invalid {key}"
+        raise CLIError(f"{what} {out!r} (must be {valid.describe()})")
     return key, out
 
 
@@ -336,3 +405,136 @@ def config_from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
 
 def dumps(cfg: Any) -> str:
     return json.dumps(config_to_dict(cfg), indent=2, sort_keys=True)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def valid_range(cls: type, name: str) -> ValidRange | None:
+    """The declared valid range of a numeric setting (None for the others)."""
+    return {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("valid")
+
+
+def _check_ranges(cfg: Any) -> None:
+    """Every numeric setting inside its declared range (``_coerce`` checks each value as it is
+    read; this catches values set in code, e.g. by ``resolve_train_defaults``)."""
+    for f in dataclasses.fields(cfg):
+        valid, value = f.metadata.get("valid"), getattr(cfg, f.name)
+        if valid is not None and value is not None and value not in valid:
+            raise CLIError(f"invalid --{f.name} {value!r} (must be {valid.describe()})")
+
+
+def _unused(cfg: Any, name: str) -> bool:
+    """True when ``name`` was set to something other than its default."""
+    f = {f.name: f for f in dataclasses.fields(cfg)}[name]
+    return getattr(cfg, name) != f.default
+
+
+# settings that only some choices read: (setting, is it read?, when it is read, the deciding
+# setting). A setting given a non-default value that the run would not read is refused (a flag
+# that does nothing is a defect).
+_HESSIAN = "the estimators with Hessian products"
+_ONLY_WITH: tuple[tuple[str, Any, str, str], ...] = (
+    ("cg_iterations", lambda c: c.estimator == "implicit_cg", "--estimator implicit_cg",
+     "estimator"),
+    ("cg_damping", lambda c: c.estimator == "implicit_cg", "--estimator implicit_cg",
+     "estimator"),
+    ("neumann_terms", lambda c: c.estimator == "implicit_neumann",
+     "--estimator implicit_neumann", "estimator"),
+    ("neumann_gamma", lambda c: c.estimator == "implicit_neumann",
+     "--estimator implicit_neumann", "estimator"),
+    ("hvp_mode", lambda c: c.estimator != "first_order", _HESSIAN, "estimator"),
+    ("hvp_chunks", lambda c: c.estimator != "first_order", _HESSIAN, "estimator"),
+    ("second_order_batch", lambda c: c.estimator != "first_order", _HESSIAN, "estimator"),
+    ("fd_r", lambda c: c.hvp_mode != "exact",
+     "--hvp_mode finite_difference or forward_difference", "hvp_mode"),
+    ("early_stop_window", lambda c: c.early_stop, "--early_stop", "early_stop"),
+    ("early_stop_lag", lambda c: c.early_stop, "--early_stop", "early_stop"),
+    ("early_stop_factor", lambda c: c.early_stop, "--early_stop", "early_stop"),
+    ("early_stop_start", lambda c: c.early_stop, "--early_stop", "early_stop"),
+    ("cutout_length", lambda c: bool(c.cutout), "--cutout", "cutout"),
+    ("auxiliary_weight", lambda c: bool(c.auxiliary), "--auxiliary", "auxiliary"),
+    ("image_size", lambda c: c.dataset in ("imagenet", "folder", "fake"),
+     "--dataset imagenet, folder or fake", "dataset"),
+    ("fake_size", lambda c: c.dataset == "fake", "--dataset fake", "dataset"),
+    ("data", lambda c: c.dataset not in ("digits", "fake"),
+     "--dataset cifar10, cifar100, imagenet or folder", "dataset"),
+    ("download", lambda c: c.dataset in ("cifar10", "cifar100"),
+     "--dataset cifar10 or cifar100", "dataset"),
+)
+
+
+# the flag behind each keyword of estimator_options(cfg), for error messages
+OPTION_FLAGS = {"eta": "--eta", "r": "--fd_r", "mode": "--hvp_mode",
+                "iterations": "--cg_iterations", "damping": "--cg_damping",
+                "terms": "--neumann_terms", "gamma": "--neumann_gamma"}
+
+
+def estimator_options(cfg: SearchConfig) -> dict[str, Any]:
+    """The keyword arguments of :class:`AmendedArchitect` that the chosen estimator reads."""
+    if cfg.estimator == "first_order":
+        return {}
+    opts: dict[str, Any] = {"mode": cfg.hvp_mode, "r": cfg.fd_r, "chunks": cfg.hvp_chunks,
+                            "second_order_batch": cfg.second_order_batch or None,
+                            "fast_depthwise": cfg.fast_depthwise}
+    if cfg.estimator == "amended":
+        opts["eta"] = cfg.eta
+    elif cfg.estimator == "implicit_cg":
+        opts.update(iterations=cfg.cg_iterations, damping=cfg.cg_damping)
+    elif cfg.estimator == "implicit_neumann":
+        opts.update(terms=cfg.neumann_terms, gamma=cfg.neumann_gamma)
+    return opts
+
+
+def check_config(cfg: Any, world: int = 1) -> None:
+    """Refuse a config that cannot run as meant: a value outside its declared range, or
+    settings that contradict each other. Raises :class:`CLIError`; reads and writes nothing."""
+    _check_ranges(cfg)
+    search = isinstance(cfg, SearchConfig)
+    if cfg.batch_size is not None and cfg.batch_size % world:
+        raise CLIError(f"--batch_size {cfg.batch_size} (the global batch) must be divisible by "
+                       f"the {world} torchrun processes")
+    cosine = search or cfg.lr_schedule == "cosine"
+    if not cosine and cfg.learning_rate_min != 0:
+        raise CLIError(f"--learning_rate_min applies to --lr_schedule cosine only (the linear "
+                       f"schedule decays to 0), got {cfg.learning_rate_min}")
+    if cosine and cfg.learning_rate is not None and cfg.learning_rate_min > cfg.learning_rate:
+        raise CLIError(f"--learning_rate_min {cfg.learning_rate_min} is above --learning_rate "
+                       f"{cfg.learning_rate}: the cosine schedule would raise the learning rate "
+                       f"instead of lowering it")
+    for name, read, what, decider in _ONLY_WITH:
+        if hasattr(cfg, name) and _unused(cfg, name) and not read(cfg):
+            now = getattr(cfg, decider)
+            got = f"--{decider} {now}" if not isinstance(now, bool) else f"no --{decider}"
+            raise CLIError(f"--{name} applies to {what} only (got {got})")
+    if not search:
+        return
+    if cfg.estimator != "amended" and cfg.eta != SearchConfig.eta:
+        raise CLIError(f"--eta applies to --estimator amended only (got --estimator "
+                       f"{cfg.estimator})")
+    if cfg.early_stop and cfg.diag_every < 1:
+        raise CLIError("--early_stop decides on the alpha-Hessian eigenvalue, which is only "
+                       "measured with --diag_every N (N >= 1)")
+    if cfg.init_channels % cfg.partial_channels:
+        raise CLIError(f"--partial_channels {cfg.partial_channels} must divide "
+                       f"--init_channels {cfg.init_channels}")
+    if cfg.dataset == "imagenet" and cfg.init_channels % 2:
+        raise CLIError(f"--init_channels {cfg.init_channels}: the ImageNet stem needs an even "
+                       f"channel count")
+    local = cfg.batch_size // world
+    if cfg.second_order_batch > local:
+        raise CLIError(f"--amend_second_order_batch {cfg.second_order_batch} is larger than the "
+                       f"per-process batch {local} (0 means the whole batch)")
+    product_batch = cfg.second_order_batch or local
+    if cfg.hvp_chunks > product_batch:
+        raise CLIError(f"--amend_chunks {cfg.hvp_chunks} is more than the {product_batch} "
+                       f"samples the Hessian products use (one sample per chunk at most)")
+    from darts_amend.estimators import validate_options
+
+    try:
+        validate_options(cfg.estimator, estimator_options(cfg))
+    except (TypeError, ValueError) as err:
+        msg = str(err)
+        for key, flag in OPTION_FLAGS.items():  # name the flag, not the library's keyword
+            msg = msg.replace(f"invalid {key}:", f"invalid {flag}")
+        raise CLIError(msg) from None

@@ -14,7 +14,9 @@ from darts_amend.adapters.patch_repo import (
     PDARTS_EDIT,
     CheckoutError,
     apply_patch,
+    apply_undo,
     plan_patch,
+    plan_undo,
     scan_compat,
 )
 
@@ -36,14 +38,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--flavor",
-        required=True,
         choices=sorted(FLAVORS),
-        help="which upstream repository PATH is a checkout of",
+        help="which upstream repository PATH is a checkout of (needed unless --undo)",
     )
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="check the checkout and show what would change, without writing anything",
+        help="check the checkout (also that every file to change is writable) and show what "
+        "would change, without writing anything",
+    )
+    parser.add_argument(
+        "--undo",
+        action="store_true",
+        help="restore the checkout as it was before patch-repo, byte for byte, from the .orig "
+        "backups (which are removed); all files or none",
     )
     parser.set_defaults(func=run)
     return parser
@@ -51,10 +59,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``patch-repo``; 0 on success (also when already patched), 2 when PATH is refused."""
+    if getattr(args, "undo", False):
+        return _undo(args)
+    if args.flavor is None:
+        print("darts-amend: error: patch-repo needs --flavor (or --undo) (see 'darts-amend "
+              "patch-repo --help')", file=sys.stderr)
+        return 2
     try:
         plan = plan_patch(args.path, args.flavor)
     except (CheckoutError, OSError) as exc:
-        print(f"darts-amend patch-repo: refusing: {exc}", file=sys.stderr)
+        print(f"darts-amend patch-repo: refusing: {_one_line(exc)}", file=sys.stderr)
         return 2
     f = plan.flavor
     if args.dry_run:
@@ -69,7 +83,11 @@ def run(args: argparse.Namespace) -> int:
         if not plan.changes_anything:
             print("  already patched")
     else:
-        done = apply_patch(plan)
+        try:
+            done = apply_patch(plan)
+        except CheckoutError as exc:
+            print(f"darts-amend patch-repo: refusing: {_one_line(exc)}", file=sys.stderr)
+            return 2
         if done:
             print(f"patched {plan.directory} ({f.repo}):")
             for line in done:
@@ -95,8 +113,32 @@ def run(args: argparse.Namespace) -> int:
     print(
         "options: --amend_eta ETA (0 = first-order DARTS), "
         f"--amend_estimator {{{','.join(ESTIMATORS)}}}, "
-        "--amend_mode {exact,finite_difference}"
+        "--amend_mode {exact,finite_difference,forward_difference}"
     )
     if f.name != "pdarts":
         print("second-order DARTS through darts-amend: --amend_estimator unrolled --unrolled")
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _undo(args: argparse.Namespace) -> int:
+    try:
+        plan = plan_undo(args.path, args.flavor)
+        if not plan.changes:
+            print(f"{plan.directory} is not patched: nothing to undo")
+            return 0
+        if args.dry_run:
+            print(f"dry run: would undo patch-repo in {plan.directory}; nothing written.")
+            lines = [f"would undo: {line}" for line in plan.lines]
+        else:
+            lines = apply_undo(plan)
+            print(f"undid patch-repo in {plan.directory}:")
+    except (CheckoutError, OSError) as exc:
+        print(f"darts-amend patch-repo: refusing: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    for line in lines + plan.notes:
+        print(f"  {line}")
     return 0

@@ -44,7 +44,7 @@ def plot_alphas(run_dir: Path, path: Path | None = None) -> Path:
     if cfg_path.is_file():
         config = json.loads(cfg_path.read_text()).get("config", {})
     op_names = _op_names(config.get("space"), len(records[0]["alphas"][kinds[0]][0]))
-    epochs = [r["epoch"] + 1 for r in records]
+    epochs = [r["epoch"] for r in records]  # numbered from 1, as on the console
     fig, axes = _figure(1, len(kinds) + 1, (4.2 * (len(kinds) + 1), 3.8))
     for ax, kind in zip(axes[0], kinds, strict=False):
         for o, name in enumerate(op_names):
@@ -88,7 +88,7 @@ def _op_names(space: str | None, n_ops: int) -> list[str]:
 def plot_curves(run_dir: Path, path: Path | None = None) -> Path:
     """``curves.png`` of a train run: losses and accuracies against epochs."""
     records = _read(run_dir)
-    epochs = [r["epoch"] + 1 for r in records]
+    epochs = [r["epoch"] for r in records]
     fig, axes = _figure(1, 2, (9, 3.6))
     for key, style in (("train_loss", "-"), ("test_loss", "--")):
         axes[0][0].plot(epochs, [r.get(key, math.nan) for r in records], style, label=key)

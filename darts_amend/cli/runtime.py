@@ -27,6 +27,7 @@ __all__ = [
     "setup_distributed",
     "pick_device",
     "RunFolder",
+    "config_diff",
     "rng_state",
     "set_rng_state",
     "seed_everything",
@@ -124,6 +125,41 @@ class RunFolder:
         self.writer = writer
         self.checkpoints = Checkpoints(self.path, writer=writer)
         self._keep_epochs: int | None = None  # metrics truncation owed by a resumed run
+        # a fresh run's folder is provisional until its first step succeeded: a failure before
+        # that (a bad setting found late, out of memory, a broken data file) removes what this
+        # run wrote, so that the corrected command works in the same folder
+        self._provisional = False
+        self._created: Path | None = None  # the outermost folder this run created
+
+    @property
+    def started(self) -> bool:
+        return not self._provisional
+
+    def mark_started(self) -> None:
+        """The run's first step succeeded: from now on the folder is kept whatever happens."""
+        self._provisional = False
+
+    def discard(self) -> None:
+        """Undo :meth:`start` of a run that never took a step (no-op once started, and for a
+        resumed run): remove the run files and plots it wrote, and the folders it created."""
+        if not (self.writer and self._provisional):
+            return
+        self._provisional = False
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        for tmp in self.path.glob(f".{CURRENT}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+        if self._created is None:
+            return
+        folder = self.path
+        while True:  # the run folder and the parents it created, while empty
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+            if folder == self._created:
+                return
+            folder = folder.parent
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -146,6 +182,8 @@ class RunFolder:
         entries = [p.name for p in self.path.iterdir()]
         if not entries or force:
             return
+        if set(entries) <= {"config.json"} and not self.checkpoints.exists():
+            return  # a run that stopped before its first checkpoint: nothing to lose
         stored = self.stored_config()
         if stored is not None:
             raise CLIError(
@@ -157,23 +195,38 @@ class RunFolder:
 
     def check_resumable(self, command: str, config: dict[str, Any]) -> dict[str, Any]:
         stored = self.stored_config()
-        if stored is None or not self.checkpoints.exists():
-            raise CLIError(f"nothing to resume in {self.path}: it has no config.json and "
-                           f"{CURRENT} of an earlier run")
+        missing = [n for n, ok in (("config.json", stored is not None),
+                                   (CURRENT, self.checkpoints.exists())) if not ok]
+        if missing:
+            raise CLIError(f"nothing to resume in {self.path}: it has no {' and no '.join(missing)}"
+                           f" (the earlier run never finished a step); start it again without "
+                           f"--resume")
         if stored.get("command") != command:
             raise CLIError(f"{self.path} holds a {stored.get('command')} run, not a {command} run")
-        old = stored.get("config", {})
-        diff = sorted(k for k in set(old) | set(config)
-                      if k not in RUN_KEYS and old.get(k) != config.get(k))
-        if diff:
-            details = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff)
+        details = config_diff(stored.get("config", {}), config)
+        if details:
             raise CLIError(f"cannot resume {self.path} with a different configuration ({details})"
                            f"; drop those flags, or start a new run with --output / --force")
         return stored
 
+    def check_checkpoint_config(self, ckpt: dict[str, Any], config: dict[str, Any]) -> None:
+        """Refuse a checkpoint saved under another configuration than config.json's (an edited
+        config.json); checkpoints of earlier versions carry no config and are not checked."""
+        saved = ckpt.get("config")
+        details = config_diff(saved, config) if isinstance(saved, dict) else ""
+        if details:
+            raise CLIError(f"{self.path / 'config.json'} differs from the configuration "
+                           f"{CURRENT} was saved with ({details}); restore config.json, or "
+                           f"start over with --force")
+
     def start(self, command: str, config: dict[str, Any], *, force: bool) -> None:
         if not self.writer:
             return
+        created = None
+        for folder in (self.path, *self.path.parents):  # the outermost missing folder
+            if folder.exists():
+                break
+            created = folder
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -186,7 +239,12 @@ class RunFolder:
                 png.unlink()
             for sub in ("plots",):
                 shutil.rmtree(self.path / sub, ignore_errors=True)
-        write_json_atomic(self.path / "config.json", {"command": command, "config": config})
+        self._created, self._provisional = created, True
+        try:
+            write_json_atomic(self.path / "config.json", {"command": command, "config": config})
+        except CLIError:
+            self.discard()
+            raise
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         if not self.writer:
@@ -196,7 +254,7 @@ class RunFolder:
         try:
             if self._keep_epochs is not None:  # first record of a resumed run
                 kept = "".join(ln + "\n" for ln in self._metric_lines()
-                               if json.loads(ln).get("epoch", 0) < self._keep_epochs)
+                               if json.loads(ln).get("epoch", 0) <= self._keep_epochs)
                 write_atomic(p, lambda fh: fh.write((kept + line).encode()))
                 self._keep_epochs = None
                 return
@@ -220,8 +278,22 @@ class RunFolder:
     def read_metrics(self) -> list[dict[str, Any]]:
         rows = [json.loads(ln) for ln in self._metric_lines()]
         if self._keep_epochs is not None:
-            rows = [r for r in rows if r.get("epoch", 0) < self._keep_epochs]
+            rows = [r for r in rows if r.get("epoch", 0) <= self._keep_epochs]
         return rows
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], limit: int = 3) -> str:
+    """The settings (not the RUN_KEYS) that differ, ``key: old -> new``, the first ``limit``
+    of them and a count of the rest, each value cut to 40 characters: one short line."""
+    def short(v: Any) -> str:
+        text = repr(v)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    keys = sorted(k for k in set(old) | set(new) if k not in RUN_KEYS and old.get(k) != new.get(k))
+    parts = [f"{k}: {short(old.get(k))} -> {short(new.get(k))}" for k in keys[:limit]]
+    if len(keys) > limit:
+        parts.append(f"and {len(keys) - limit} more")
+    return "; ".join(parts)
 
 
 def _json_default(obj: Any) -> Any:

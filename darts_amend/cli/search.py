@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import SearchConfig
+from .config import SearchConfig, estimator_options
 from .runtime import (
     Dist,
     EpochSums,
@@ -43,28 +43,6 @@ logger = logging.getLogger(__name__)
 
 def _on_step(epoch: int, step: int) -> None:
     """Called after every search step; tests replace it to simulate Ctrl-C at a given step."""
-
-
-# the flag behind each keyword of estimator_options(cfg), for error messages
-OPTION_FLAGS = {"eta": "--eta", "r": "--fd_r", "mode": "--hvp_mode",
-                "iterations": "--cg_iterations", "damping": "--cg_damping",
-                "terms": "--neumann_terms", "gamma": "--neumann_gamma"}
-
-
-def estimator_options(cfg: SearchConfig) -> dict[str, Any]:
-    """The keyword arguments of :class:`AmendedArchitect` that the chosen estimator reads."""
-    if cfg.estimator == "first_order":
-        return {}
-    opts: dict[str, Any] = {"mode": cfg.hvp_mode, "r": cfg.fd_r, "chunks": cfg.hvp_chunks,
-                            "second_order_batch": cfg.second_order_batch or None,
-                            "fast_depthwise": cfg.fast_depthwise}
-    if cfg.estimator == "amended":
-        opts["eta"] = cfg.eta
-    elif cfg.estimator == "implicit_cg":
-        opts.update(iterations=cfg.cg_iterations, damping=cfg.cg_damping)
-    elif cfg.estimator == "implicit_neumann":
-        opts.update(terms=cfg.neumann_terms, gamma=cfg.neumann_gamma)
-    return opts
 
 
 def _stop_flag(flag: bool, d: Dist, device: torch.device) -> bool:
@@ -156,7 +134,10 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
         prev_genotype = ck["prev_genotype"]
         history = folder.read_metrics()[:start_epoch] if d.is_main else []
         set_rng_state(ck["rng"])
-        logger.info("resumed at epoch %d step %d", start_epoch, start_step)
+        if start_step:
+            logger.info("resumed in epoch %d at step %d", start_epoch + 1, start_step)
+        else:
+            logger.info("resumed after epoch %d", start_epoch)
 
     local_bs = cfg.batch_size // d.world_size
     train_idx, valid_idx = ctx.split
@@ -183,7 +164,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
             "converged_run": converged_run, "model": net.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "architect": architect.state_dict(), "rng": rng_state(),
-            "last_batches": batches,
+            "last_batches": batches, "config": dataclasses.asdict(cfg),
         })
 
     if ctx.checkpoint is None:  # a run killed before its first epoch ends can resume too
@@ -242,6 +223,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
             else:
                 a["nonfinite"] += 1
             step += 1
+            folder.mark_started()  # from here on the folder is kept
             if ctx.estimate_time and step == start_step + 1 and epoch == start_epoch:
                 sec = time.perf_counter() - ts
                 print(f"darts-amend: first step {sec:.1f} s: about {sec * n_steps / 60:.0f} min "
@@ -275,7 +257,8 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
         prev_genotype = genotype.to_dict()
         converged_run = converged_run + 1 if held else 0
         record: dict[str, Any] = {
-            "epoch": epoch, "lr": lr, "alpha_steps": alpha_steps,
+            # epochs are numbered from 1 everywhere: console, metrics, plots, messages
+            "epoch": epoch + 1, "lr": lr, "alpha_steps": alpha_steps,
             "train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
             "valid_loss": valid_loss, "valid_acc": valid_acc,
             "arch/val_loss": arch["val_loss"] / n_finite,
@@ -291,7 +274,7 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
         }
         if d.is_main and cfg.diag_every > 0 and epoch % cfg.diag_every == 0 and last_batches:
             diag = epoch_diagnostics(
-                net, last_batches[0], last_batches[1], epoch=epoch, history=history,
+                net, last_batches[0], last_batches[1], epoch=epoch + 1, history=history,
                 every=1, curvature=("alphas",),
                 estimators={"first_order": {}, "amended": {"eta": cfg.eta}},
                 reference="implicit_cg", converge_threshold=cfg.converge_threshold,

@@ -132,6 +132,10 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
         scaler.load_state_dict(ck["scaler"])
         start_epoch, start_step, acc = ck["epoch"], ck["step"], EpochSums(**ck["accum"])
         set_rng_state(ck["rng"])
+        if start_step:
+            logger.info("resumed in epoch %d at step %d", start_epoch + 1, start_step)
+        else:
+            logger.info("resumed after epoch %d", start_epoch)
 
     def checkpoint(epoch_: int, step_: int, accum: EpochSums) -> None:
         if d.is_main:
@@ -139,7 +143,7 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
                 "epoch": epoch_, "step": step_, "accum": dataclasses.asdict(accum),
                 "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "rng": rng_state()})
+                "rng": rng_state(), "config": dataclasses.asdict(cfg)})
 
     local_bs = cfg.batch_size // d.world_size
     train_idx = list(range(len(ctx.train_set)))
@@ -183,6 +187,7 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
             scaler.update()
             acc.add_batch(loss, logits, y, time.perf_counter() - ts)
             step += 1
+            folder.mark_started()  # from here on the folder is kept
             bar.update(1)
             bar.set_postfix(**acc.postfix())
             _on_step(epoch, step)
@@ -198,7 +203,7 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
                                    seed=cfg.seed, d=d, workers=ctx.workers, shuffle=False)
         broadcast_buffers(net, d)
         test_loss, top1, top5 = evaluate(net, test_loader, device, d, autocast)
-        record = {"epoch": epoch, "lr": lr, "drop_path_prob": net.drop_path_prob,
+        record = {"epoch": epoch + 1, "lr": lr, "drop_path_prob": net.drop_path_prob,
                   "train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
                   "test_loss": test_loss, "test_acc": top1, "test_acc_top5": top5,
                   "step_seconds": step_time / max(steps, 1),

@@ -6,7 +6,7 @@ models, the dense implicit-function-theorem value ``g = g1 - B H^-1 v`` (``refer
 Both the second term alone (``g2``: the amending / second-order / implicit term) and the full
 gradient are compared, by cosine and by relative error.
 
-Keep in mind (DESIGN.md 2.1): the amended term ``g2' = -eta B H v`` is *not* guaranteed to make
+Keep in mind (docs/math.md): the amended term ``g2' = -eta B H v`` is *not* guaranteed to make
 a non-negative angle with the exact ``g2 = -B H^-1 v``; a negative ``cos_g2`` is a real
 measurement, not a bug.
 """

@@ -55,5 +55,5 @@ def softmax_mixture_problem() -> BilevelProblem:
 
 @pytest.fixture
 def angle_counterexample_problem() -> BilevelProblem:
-    """The DESIGN 2.1 counterexample to the angle claim (:func:`~.angle_counterexample`)."""
+    """The docs/math.md counterexample to the angle claim (:func:`~.angle_counterexample`)."""
     return make_problem("angle_counterexample")

@@ -7,7 +7,7 @@ validation batch, and the exact hypergradient ``g = g1 - B H^-1 v`` there, in fl
     darts_1d              the DARTS paper's example: w* = alpha, g = 2 alpha - 2
     ridge                 least squares with one log-penalty per feature as the alphas
     softmax_mixture       a smooth two-op mixed edge (tanh, GELU) + linear head, Newton-solved
-    angle_counterexample  DESIGN 2.1: H = diag(1, k), B = [1, 1], v = (1, -1), where the
+    angle_counterexample  docs/math.md: H = diag(1, k), B = [1, 1], v = (1, -1), where the
                           amended term points against the exact one
 """
 
@@ -208,7 +208,7 @@ def softmax_mixture(
 def angle_counterexample(
     k: float = 4.0, *, dtype: torch.dtype = torch.float64, device: Device = None
 ) -> BilevelProblem:
-    """DESIGN 2.1 / docs/math.md: ``H = diag(1, k)``, ``B = [1, 1]``, ``v = (1, -1)``, alpha = 0.
+    """docs/math.md: ``H = diag(1, k)``, ``B = [1, 1]``, ``v = (1, -1)``, alpha = 0.
 
     ``w* = 0``, ``g1 = 0`` and the exact ``g = g2 = -B H^-1 v = -(1 - 1/k)``, while amended's
     ``g2' = -eta B H v = -eta (1 - k)`` has the opposite sign for every ``k != 1``: the paper's
@@ -232,7 +232,7 @@ def angle_counterexample(
     train_loss = 0.5 * w_star @ m_train @ w_star + alpha @ c @ w_star - train[1] @ w_star
     return BilevelProblem(
         "angle_counterexample", model, train, valid, _hypergradient(g1, g2, val_loss, train_loss),
-        description=f"angle counterexample (DESIGN 2.1), H = diag(1, {k:g}), B = [1, 1], "
+        description=f"angle counterexample (docs/math.md), H = diag(1, {k:g}), B = [1, 1], "
         "v = (1, -1): amended's second term points against the exact one",
         exact_with={"implicit_cg": {"iterations": 2}},
     )
