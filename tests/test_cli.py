@@ -402,20 +402,26 @@ def test_closed_stdout_ends_quietly(search_run, monkeypatch, capsys):
 def test_paper_size_search_on_cpu_warns_and_estimates_epoch_time(tmp_path, capsys,
                                                                    monkeypatch):
     import darts_amend.cli as cli
+    from darts_amend.cli import run as run_mod
 
     parser = cli.build_parser()
+
+    def warn(argv, device):
+        return run_mod.warn_unsized(run_mod.RunRequest.from_args(parser.parse_args(argv)), cfg,
+                                    device)
+
     cfg = search_mod.SearchConfig()
     cpu = torch.device("cpu")
-    assert cli._warn_unsized(parser.parse_args(["search"]), cfg, cpu)
+    assert warn(["search"], cpu)
     err = capsys.readouterr().err
     assert "paper-size search (100 epochs, 8 cells, C=16, batch 96)" in err
     assert "--preset tiny" in err
     for sized in (["--preset", "tiny"], ["--epochs", "3"], ["--init_channels", "8"]):
-        assert not cli._warn_unsized(parser.parse_args(["search", *sized]), cfg, cpu)
-    assert not cli._warn_unsized(parser.parse_args(["search"]), cfg, torch.device("meta"))
+        assert not warn(["search", *sized], cpu)
+    assert not warn(["search"], torch.device("meta"))
     assert capsys.readouterr().err == ""
     # the estimate after the first step (forced on for a tiny run)
-    monkeypatch.setattr(cli, "_warn_unsized", lambda *a: True)
+    monkeypatch.setattr(run_mod, "warn_unsized", lambda *a: True)
     assert main(["search", *TINY, "--epochs", "2", "--output", str(tmp_path / "o")]) == 0
     line = [ln for ln in capsys.readouterr().err.splitlines() if "first step" in ln]
     assert len(line) == 1 and "per epoch (2 steps)" in line[0] and "for 2 epochs" in line[0]

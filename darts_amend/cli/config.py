@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -372,26 +372,24 @@ def _load_yaml(path: str, cls: type) -> dict[str, Any]:
     return dict(_coerce(cls, k, v, f"config file {p}") for k, v in data.items())
 
 
-def build_config(cls: type, args: argparse.Namespace, presets: dict[str, dict[str, Any]],
-                 base: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-    """Defaults (or ``base``, a stored config) < preset < YAML < flags.
-
-    Returns the config and the dict of settings given explicitly (preset, YAML or flags).
-    """
+def build_config(cls: type, flags: Mapping[str, Any], presets: dict[str, dict[str, Any]], *,
+                 preset: str | None = None, config_file: str | None = None,
+                 base: dict[str, Any] | None = None) -> Any:
+    """Defaults (or ``base``, a stored config) < ``preset`` < the YAML ``config_file`` <
+    ``flags`` (the settings given on the command line, by field name)."""
     given: dict[str, Any] = {}
-    preset = getattr(args, "preset", None)
     if preset is not None:
         if preset not in presets:
             raise CLIError(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
         given.update(presets[preset])
-    if getattr(args, "config", None):
-        given.update(_load_yaml(args.config, cls))
+    if config_file:
+        given.update(_load_yaml(config_file, cls))
     names = {f.name for f in dataclasses.fields(cls)}
-    given.update({k: v for k, v in vars(args).items() if k in names})
+    given.update({k: v for k, v in flags.items() if k in names})
     values = dict(config_from_dict(cls, base, "the stored config.json").__dict__) \
         if base is not None else {}
     values.update(given)
-    return config_from_dict(cls, values, "flags"), given
+    return config_from_dict(cls, values, "flags")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -401,10 +399,6 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 def config_from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
     kwargs = dict(_coerce(cls, k, v, source) for k, v in data.items())
     return cls(**kwargs)
-
-
-def dumps(cfg: Any) -> str:
-    return json.dumps(config_to_dict(cfg), indent=2, sort_keys=True)
 
 
 # --------------------------------------------------------------------------- validation

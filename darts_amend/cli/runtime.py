@@ -7,7 +7,7 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -375,11 +375,6 @@ def epoch_loader(
 def batches_per_epoch(n: int, batch_size: int, d: Dist, drop_last: bool = False) -> int:
     per_rank = -(-n // d.world_size)
     return per_rank // batch_size if drop_last else -(-per_rank // batch_size)
-
-
-def cycle(loader_fn) -> Iterator:
-    while True:
-        yield from loader_fn()
 
 
 @dataclass

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import SearchConfig, estimator_options
+from .context import RunContext, RunResult
 from .runtime import (
     Dist,
     EpochSums,
@@ -71,10 +72,10 @@ class _Accum(EpochSums):
         "cosine": 0.0, "cosine_n": 0.0, "nonfinite": 0.0})
 
 
-def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
+def run_search(cfg: SearchConfig, ctx: RunContext) -> RunResult:
     """Run (or continue) a search; ``ctx`` carries data, folder, device and resume state.
 
-    Returns the summary (also written to ``summary.json``)."""
+    Returns the summary (also written to ``summary.json``) and the genotype."""
     from darts_amend import AmendedArchitect
     from darts_amend.diagnostics import collapse_signals, epoch_diagnostics
     from darts_amend.supernet import Genotype, build_search_network
@@ -343,5 +344,4 @@ def run_search(cfg: SearchConfig, ctx: Any) -> dict[str, Any]:
     if d.is_main:
         write_json_atomic(folder / "genotype.json", genotype.to_dict())
         write_json_atomic(folder / "summary.json", summary)
-    summary["_genotype_obj"] = genotype
-    return summary
+    return RunResult(summary, genotype)

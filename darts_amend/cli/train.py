@@ -6,7 +6,7 @@ import itertools
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CLIError, TrainConfig, train_family_defaults
+from .context import RunContext, RunResult
 from .runtime import (
     Dist,
     EpochSums,
@@ -28,6 +29,9 @@ from .runtime import (
     set_rng_state,
     write_json_atomic,
 )
+
+if TYPE_CHECKING:
+    from darts_amend.supernet import Genotype, NB201Genotype
 
 __all__ = ["run_train", "load_genotype", "resolve_train_defaults"]
 
@@ -47,7 +51,7 @@ def resolve_train_defaults(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, **updates)
 
 
-def load_genotype(spec: str):
+def load_genotype(spec: str) -> Genotype | NB201Genotype:
     """A named genotype (``DARTS_V2``), a genotype file (our JSON or upstream's
     ``Genotype(normal=...)`` text) or a search output folder holding ``genotype.json``."""
     from darts_amend.supernet import GENOTYPES, Genotype
@@ -68,7 +72,11 @@ def load_genotype(spec: str):
         raise CLIError(f"genotype file {path} does not parse: {err}") from None
 
 
-def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
+def run_train(cfg: TrainConfig, ctx: RunContext,
+              genotype: Genotype | NB201Genotype) -> RunResult:
+    """Re-train ``genotype``'s network from scratch (or continue); ``ctx`` as for a search.
+
+    Returns the summary (also written to ``summary.json``) and the genotype."""
     from darts_amend.supernet import NetworkCIFAR, NetworkImageNet, count_parameters
 
     d: Dist = ctx.dist
@@ -230,5 +238,4 @@ def run_train(cfg: TrainConfig, ctx: Any, genotype) -> dict[str, Any]:
     if d.is_main:
         write_json_atomic(folder / "summary.json", summary)
         write_json_atomic(folder / "genotype.json", genotype.to_dict())
-    summary["_genotype_obj"] = genotype
-    return summary
+    return RunResult(summary, genotype)

@@ -1,0 +1,134 @@
+"""What a ``search`` / ``train`` run is handed and what it hands back.
+
+* :class:`RunContext`: device, torchrun state, output folder, data, resume state, progress bars
+  and the Ctrl-C handler, built by :mod:`darts_amend.cli.run` and read by ``run_search`` /
+  ``run_train``;
+* :class:`RunResult`: the summary (as written to ``summary.json``) and the genotype object;
+* :class:`Progress`, :class:`GracefulInterrupt`: the console side of a run.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # types only: importing them here would load torch's data stack on --help
+    import torch
+    from torch.utils.data import Dataset
+
+    from darts_amend.data import DatasetInfo
+    from darts_amend.supernet import Genotype, NB201Genotype
+
+    from .runtime import Dist, RunFolder
+
+__all__ = ["GracefulInterrupt", "Progress", "RunContext", "RunResult"]
+
+
+class Progress:
+    """tqdm on the main rank when enabled; a no-op bar otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bars: list[Any] = []
+
+    def __call__(self, **kwargs: Any) -> Any:
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(leave=False, dynamic_ncols=True, **kwargs)
+            self._bars.append(bar)
+            return bar
+        return _NoBar()
+
+    def close_all(self) -> None:
+        """Clear the bars' lines, so that an error message starts on a line of its own."""
+        for bar in self._bars:
+            bar.close()
+        self._bars.clear()
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class GracefulInterrupt:
+    """First Ctrl-C: finish the current step, checkpoint, stop. Second: interrupt at once.
+
+    The handler is installed only inside ``with``; outside it ``requested`` stays False."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def __enter__(self) -> GracefulInterrupt:
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self._old = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ndarts-amend: interrupt received, checkpointing after this step "
+              "(Ctrl-C again to abort)", file=sys.stderr)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+@dataclass
+class RunContext:
+    """Everything a run needs besides its config.
+
+    ``split``: (weight indices, alpha indices) of the training set for a search, (all indices,
+    None) for a re-training; ``test_set`` is None for a search. ``interrupted`` is set by the
+    run to (epoch, step) when it stops for Ctrl-C; ``estimate_time`` asks it to print the epoch
+    time it expects after its first step (a paper-size search on a CPU)."""
+
+    dist: Dist
+    device: torch.device
+    folder: RunFolder
+    info: DatasetInfo
+    train_set: Dataset
+    test_set: Dataset | None
+    split: tuple[list[int], list[int] | None]
+    workers: int
+    checkpoint: dict[str, Any] | None
+    progress: Progress
+    echo: Callable[[str], None]
+    interrupt: GracefulInterrupt = field(default_factory=GracefulInterrupt)
+    interrupted: tuple[int, int] | None = None
+    estimate_time: bool = False
+
+    def stop_requested(self) -> bool:
+        """Whether Ctrl-C was pressed, on any rank (every rank must stop at the same step)."""
+        flag = self.interrupt.requested
+        if self.dist.enabled:
+            import torch
+            import torch.distributed as dist
+
+            t = torch.tensor([1.0 if flag else 0.0],
+                             device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(t)
+            flag = bool(t.item() > 0)
+        return flag
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished (or time-limited, converged, early-stopped) run returns."""
+
+    summary: dict[str, Any]  # as written to summary.json
+    genotype: Genotype | NB201Genotype  # searched, or re-trained
