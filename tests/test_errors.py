@@ -106,6 +106,8 @@ CLI_ROWS = [
      "--cg_iterations applies to --estimator implicit_cg only (got --estimator amended)"),
     ("search --estimator first_order --hvp_mode finite_difference",
      "--hvp_mode applies to the estimators with Hessian products"),
+    ("search --estimator first_order --no-fast_depthwise",
+     "--fast_depthwise applies to the estimators with Hessian products only"),
     ("search --fd_r 0.1",
      "--fd_r applies to --hvp_mode finite_difference or forward_difference only (got --hvp_mode "
      "exact)"),

@@ -3,6 +3,15 @@
 Precedence, lowest to highest: dataclass defaults < ``--preset`` < ``--config`` YAML < flags.
 Flag names keep upstream DARTS' spelling where one exists (``--arch_learning_rate``,
 ``--init_channels``, ``--layers``, ``--batch_size``, ...). Every field is a flag and a YAML key.
+
+The choices of ``--dataset``, ``--space``, ``--estimator`` and ``--hvp_mode`` are the library's
+registries (``data.DATASETS``, ``supernet.SPACES``, ``options.ESTIMATOR_OPTIONS``,
+``options.OPTIONS["mode"]``). A search setting that is an estimator option is declared with
+:func:`_option`: its default, valid range and choices come from ``options.OPTIONS``, and the
+field records the option's name, the one mapping from setting to option
+(:data:`SETTING_OPTIONS`) that :func:`estimator_options`, the error messages
+(:data:`OPTION_FLAGS`) and the ``applies to ... only`` checks read. ``--second_order_batch 0``
+is the library's ``second_order_batch=None`` (the whole batch).
 """
 from __future__ import annotations
 
@@ -13,6 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from darts_amend.data import DATASETS
+from darts_amend.options import ESTIMATOR_OPTIONS, OPTIONS, PRODUCT_OPTIONS, validate_options
+from darts_amend.supernet.spaces import SPACES
 
 __all__ = [
     "CLIError",
@@ -29,7 +42,10 @@ __all__ = [
     "config_from_dict",
     "RUN_KEYS",
     "OPTION_FLAGS",
+    "OPTIONS_NOT_SETTINGS",
+    "SETTING_OPTIONS",
     "estimator_options",
+    "option_value",
 ]
 
 
@@ -70,21 +86,38 @@ class ValidRange:
 
 
 def _f(default: Any, help: str, *, choices: tuple | None = None, alias: str | None = None,
-       valid: str | None = None):
+       valid: str | None = None, option: str | None = None):
     return field(default=default, metadata={
         "help": help, "choices": choices, "alias": alias,
-        "valid": ValidRange.parse(valid) if valid else None})
+        "valid": ValidRange.parse(valid) if valid else None, "option": option})
 
 
-ESTIMATOR_NAMES = ("amended", "first_order", "unrolled", "implicit_cg", "implicit_neumann")
+def _option(option: str, help: str, *, alias: str | None = None):
+    """A search setting that is the estimator option ``option``: default, valid range and
+    choices from its :class:`~darts_amend.options.OptionSpec`. A ``sub_batch`` option (None or
+    an integer >= 1) is an integer >= 0 on the command line, 0 standing for None."""
+    spec = OPTIONS[option]
+    default, valid, choices = spec.default, None, None
+    if spec.kind == "number":
+        valid = f"{'(' if spec.strict else '['}{spec.low:g}, inf)"
+    elif spec.kind == "positive":
+        valid = "(0, inf)"
+    elif spec.kind == "count":
+        valid = "[1, inf)"
+    elif spec.kind == "sub_batch":
+        default, valid = 0, "[0, inf)"
+    elif spec.kind == "choice":
+        choices = spec.choices
+    elif spec.kind != "flag":
+        raise TypeError(f"option {option!r} of kind {spec.kind!r} has no command-line form")
+    return _f(default, help, choices=choices, alias=alias, valid=valid, option=option)
 
 
 @dataclass
 class SearchConfig:
     """``darts-amend search``: the paper's defaults (Sec. 4.1; docs/usage.md)."""
 
-    dataset: str = _f("digits", "data set", choices=("digits", "cifar10", "cifar100", "imagenet",
-                                                     "folder", "fake"))
+    dataset: str = _f("digits", "data set", choices=DATASETS)
     data: str | None = _f(None, "data folder (cifar*/imagenet/folder)")
     download: bool = _f(False, "download CIFAR with torchvision (needs internet)")
     subset: float = _f(1.0, "class-stratified fraction of the training set to use", valid="(0, 1]")
@@ -94,7 +127,7 @@ class SearchConfig:
                                    "trains alphas", valid="(0, 1)")
     space: str = _f("darts", "search space (s1r-s4r: RobustDARTS' reduced spaces; nb201: the "
                              "NAS-Bench-201 cell)",
-                    choices=("darts", "s1", "s2", "s1r", "s2r", "s3r", "s4r", "nb201"))
+                    choices=tuple(SPACES))
     layers: int | None = _f(None, "cells in the search network (default: 8, or 20 for s2; "
                                   "nb201: cells per stage, default 5)", valid="[1, inf)")
     init_channels: int = _f(16, "base channel number C", valid="[1, inf)")
@@ -114,26 +147,28 @@ class SearchConfig:
     momentum: float = _f(0.9, "SGD momentum", valid="[0, 1)")
     weight_decay: float = _f(3e-4, "weight decay of the weights", valid="[0, inf)")
     grad_clip: float = _f(5.0, "gradient norm clip of the weights (0 = off)", valid="[0, inf)")
-    estimator: str = _f("amended", "hypergradient estimator", choices=ESTIMATOR_NAMES)
-    eta: float = _f(0.1, "amending coefficient (estimator amended)", alias="--amend_eta",
-                    valid="[0, inf)")
-    hvp_mode: str = _f("exact", "Hessian products: exact (double backward), finite_difference "
-                                "(central) or forward_difference (one-sided, one pass fewer) "
-                                "(every estimator but first_order)",
-                       choices=("exact", "finite_difference", "forward_difference"))
-    fd_r: float = _f(0.01, "finite-difference step scale r (step = r / ||v||)", valid="(0, inf)")
-    hvp_chunks: int = _f(1, "accumulate the Hessian products over K micro-batches of the "
-                            "training batch (memory ~1/K; exact only without train-mode "
-                            "BatchNorm)", alias="--amend_chunks", valid="[1, inf)")
-    second_order_batch: int = _f(0, "Hessian products on the first M training samples only "
-                                    "(0 = the whole batch; cheaper, a noisier estimator)",
-                                 alias="--amend_second_order_batch", valid="[0, inf)")
-    fast_depthwise: bool = _f(True, "cheaper double backward through grouped convolutions "
-                                    "(exact products; same values)")
-    cg_iterations: int = _f(10, "conjugate-gradient iterations (implicit_cg)", valid="[1, inf)")
-    cg_damping: float = _f(0.0, "damping added to H (implicit_cg)", valid="[0, inf)")
-    neumann_terms: int = _f(10, "Neumann series terms (implicit_neumann)", valid="[1, inf)")
-    neumann_gamma: float = _f(0.01, "Neumann step size gamma (implicit_neumann)", valid="(0, inf)")
+    estimator: str = _f("amended", "hypergradient estimator", choices=tuple(ESTIMATOR_OPTIONS))
+    # the estimator options (darts_amend.options.OPTIONS: default, range, choices)
+    eta: float = _option("eta", "amending coefficient (estimator amended)", alias="--amend_eta")
+    hvp_mode: str = _option("mode", "Hessian products: exact (double backward), "
+                                    "finite_difference (central) or forward_difference "
+                                    "(one-sided, one pass fewer) (every estimator but "
+                                    "first_order)")
+    fd_r: float = _option("r", "finite-difference step scale r (step = r / ||v||)")
+    hvp_chunks: int = _option("chunks", "accumulate the Hessian products over K micro-batches "
+                                        "of the training batch (memory ~1/K; exact only without "
+                                        "train-mode BatchNorm)", alias="--amend_chunks")
+    second_order_batch: int = _option("second_order_batch", "Hessian products on the first M "
+                                                            "training samples only (0 = the "
+                                                            "whole batch; cheaper, a noisier "
+                                                            "estimator)",
+                                      alias="--amend_second_order_batch")
+    fast_depthwise: bool = _option("fast_depthwise", "cheaper double backward through grouped "
+                                                     "convolutions (exact products; same values)")
+    cg_iterations: int = _option("iterations", "conjugate-gradient iterations (implicit_cg)")
+    cg_damping: float = _option("damping", "damping added to H (implicit_cg)")
+    neumann_terms: int = _option("terms", "Neumann series terms (implicit_neumann)")
+    neumann_gamma: float = _option("gamma", "Neumann step size gamma (implicit_neumann)")
     arch_learning_rate: float = _f(3e-4, "alpha learning rate (Adam)", valid="(0, inf)")
     arch_weight_decay: float = _f(1e-3, "alpha weight decay", valid="[0, inf)")
     arch_beta1: float = _f(0.5, "Adam beta1 of the alphas", valid="[0, 1)")
@@ -179,8 +214,7 @@ class TrainConfig:
     """``darts-amend train``: re-training; ``None`` = the data set family's paper default."""
 
     genotype: str = _f("DARTS_V2", "genotype.json, a search output folder, or a named genotype")
-    dataset: str = _f("cifar10", "data set", choices=("digits", "cifar10", "cifar100", "imagenet",
-                                                      "folder", "fake"))
+    dataset: str = _f("cifar10", "data set", choices=DATASETS)
     data: str | None = _f(None, "data folder (cifar*/imagenet/folder)")
     download: bool = _f(False, "download CIFAR with torchvision (needs internet)")
     subset: float = _f(1.0, "class-stratified fraction of the training set to use", valid="(0, 1]")
@@ -275,6 +309,41 @@ RUN_KEYS = frozenset({"data", "download", "workers", "device", "threads", "progr
                       "time_limit"})
 
 
+# --------------------------------------------------------------------------- estimator options
+
+#: search setting -> the estimator option it sets (``darts_amend.options.OPTIONS``), read from
+#: the fields declared with ``_option``: the one mapping between the two spellings
+SETTING_OPTIONS: dict[str, str] = {f.name: f.metadata["option"]
+                                   for f in dataclasses.fields(SearchConfig)
+                                   if f.metadata.get("option")}
+
+#: the estimator options that are not search settings, and where a search takes them from
+OPTIONS_NOT_SETTINGS: dict[str, str] = {
+    "xi": "the weight optimizer's learning rate, each step (estimator unrolled)",
+    "momentum": "--momentum, the weight optimizer's (estimator unrolled)",
+    "weight_decay": "--weight_decay, the weight optimizer's (estimator unrolled)",
+    "momentum_buffers": "the weight optimizer's state, each step (estimator unrolled)",
+    "tol": "the library default",
+}
+
+#: estimator option -> the flag that sets it (error messages name the flag, not the keyword)
+OPTION_FLAGS: dict[str, str] = {option: f"--{name}" for name, option in SETTING_OPTIONS.items()}
+
+
+def option_value(setting: str, value: Any) -> Any:
+    """A search setting's value as its estimator option takes it (0 -> None for a sub-batch)."""
+    if OPTIONS[SETTING_OPTIONS[setting]].kind == "sub_batch":
+        return value or None
+    return value
+
+
+def estimator_options(cfg: SearchConfig) -> dict[str, Any]:
+    """The keyword arguments of :class:`AmendedArchitect` that the chosen estimator reads."""
+    accepted = ESTIMATOR_OPTIONS[cfg.estimator]
+    return {option: option_value(name, getattr(cfg, name))
+            for name, option in SETTING_OPTIONS.items() if option in accepted}
+
+
 # --------------------------------------------------------------------------- flags
 
 
@@ -290,7 +359,7 @@ _CASTS = {"int": int, "float": float, "str": str}
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field, default SUPPRESS so that only flags actually given are seen."""
-    group = parser.add_argument_group(f"{cls.__name__} (defaults in brackets)")
+    group = parser.add_argument_group(f"{cls.__name__} (defaults and valid values in brackets)")
     for f in dataclasses.fields(cls):
         base, optional = _base_type(f.type)
         names = [f"--{f.name}"]
@@ -300,7 +369,10 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         if "_" in f.name and f"--{f.name.replace('_', '-')}" not in names:
             names.append(f"--{f.name.replace('_', '-')}")
         default_txt = "dataset default" if f.default is None else f.default
-        help_txt = f"{f.metadata.get('help', '')} [{default_txt}]"
+        valid, choices = f.metadata.get("valid"), f.metadata.get("choices")
+        valid_txt = (f"; {valid.describe()}" if valid is not None else
+                     f"; one of {', '.join(choices)}" if choices else "")
+        help_txt = f"{f.metadata.get('help', '')} [{default_txt}{valid_txt}]"
         if base == "bool":
             group.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_txt)
@@ -424,24 +496,27 @@ def _unused(cfg: Any, name: str) -> bool:
     return getattr(cfg, name) != f.default
 
 
+def _users(option: str) -> str:
+    """The estimators that read ``option``, in words (for ``applies to ... only``)."""
+    if option in PRODUCT_OPTIONS:
+        return "the estimators with Hessian products"
+    users = [name for name, accepted in ESTIMATOR_OPTIONS.items() if option in accepted]
+    return "--estimator " + (users[0] if len(users) == 1 else
+                             f"{', '.join(users[:-1])} or {users[-1]}")
+
+
+def _read_by_estimator(option: str) -> Any:
+    return lambda c: option in ESTIMATOR_OPTIONS[c.estimator]
+
+
 # settings that only some choices read: (setting, is it read?, when it is read, the deciding
 # setting). A setting given a non-default value that the run would not read is refused (a flag
-# that does nothing is a defect).
-_HESSIAN = "the estimators with Hessian products"
+# that does nothing is a defect). The estimator options' rows follow from the registry.
 _ONLY_WITH: tuple[tuple[str, Any, str, str], ...] = (
-    ("cg_iterations", lambda c: c.estimator == "implicit_cg", "--estimator implicit_cg",
-     "estimator"),
-    ("cg_damping", lambda c: c.estimator == "implicit_cg", "--estimator implicit_cg",
-     "estimator"),
-    ("neumann_terms", lambda c: c.estimator == "implicit_neumann",
-     "--estimator implicit_neumann", "estimator"),
-    ("neumann_gamma", lambda c: c.estimator == "implicit_neumann",
-     "--estimator implicit_neumann", "estimator"),
-    ("hvp_mode", lambda c: c.estimator != "first_order", _HESSIAN, "estimator"),
-    ("hvp_chunks", lambda c: c.estimator != "first_order", _HESSIAN, "estimator"),
-    ("second_order_batch", lambda c: c.estimator != "first_order", _HESSIAN, "estimator"),
     ("fd_r", lambda c: c.hvp_mode != "exact",
      "--hvp_mode finite_difference or forward_difference", "hvp_mode"),
+    *((name, _read_by_estimator(option), _users(option), "estimator")
+      for name, option in SETTING_OPTIONS.items()),
     ("early_stop_window", lambda c: c.early_stop, "--early_stop", "early_stop"),
     ("early_stop_lag", lambda c: c.early_stop, "--early_stop", "early_stop"),
     ("early_stop_factor", lambda c: c.early_stop, "--early_stop", "early_stop"),
@@ -456,28 +531,6 @@ _ONLY_WITH: tuple[tuple[str, Any, str, str], ...] = (
     ("download", lambda c: c.dataset in ("cifar10", "cifar100"),
      "--dataset cifar10 or cifar100", "dataset"),
 )
-
-
-# the flag behind each keyword of estimator_options(cfg), for error messages
-OPTION_FLAGS = {"eta": "--eta", "r": "--fd_r", "mode": "--hvp_mode",
-                "iterations": "--cg_iterations", "damping": "--cg_damping",
-                "terms": "--neumann_terms", "gamma": "--neumann_gamma"}
-
-
-def estimator_options(cfg: SearchConfig) -> dict[str, Any]:
-    """The keyword arguments of :class:`AmendedArchitect` that the chosen estimator reads."""
-    if cfg.estimator == "first_order":
-        return {}
-    opts: dict[str, Any] = {"mode": cfg.hvp_mode, "r": cfg.fd_r, "chunks": cfg.hvp_chunks,
-                            "second_order_batch": cfg.second_order_batch or None,
-                            "fast_depthwise": cfg.fast_depthwise}
-    if cfg.estimator == "amended":
-        opts["eta"] = cfg.eta
-    elif cfg.estimator == "implicit_cg":
-        opts.update(iterations=cfg.cg_iterations, damping=cfg.cg_damping)
-    elif cfg.estimator == "implicit_neumann":
-        opts.update(terms=cfg.neumann_terms, gamma=cfg.neumann_gamma)
-    return opts
 
 
 def check_config(cfg: Any, world: int = 1) -> None:
@@ -503,9 +556,6 @@ def check_config(cfg: Any, world: int = 1) -> None:
             raise CLIError(f"--{name} applies to {what} only (got {got})")
     if not search:
         return
-    if cfg.estimator != "amended" and cfg.eta != SearchConfig.eta:
-        raise CLIError(f"--eta applies to --estimator amended only (got --estimator "
-                       f"{cfg.estimator})")
     if cfg.early_stop and cfg.diag_every < 1:
         raise CLIError("--early_stop decides on the alpha-Hessian eigenvalue, which is only "
                        "measured with --diag_every N (N >= 1)")
@@ -523,8 +573,6 @@ def check_config(cfg: Any, world: int = 1) -> None:
     if cfg.hvp_chunks > product_batch:
         raise CLIError(f"--amend_chunks {cfg.hvp_chunks} is more than the {product_batch} "
                        f"samples the Hessian products use (one sample per chunk at most)")
-    from darts_amend.estimators import validate_options
-
     try:
         validate_options(cfg.estimator, estimator_options(cfg))
     except (TypeError, ValueError) as err:
