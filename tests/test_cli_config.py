@@ -123,3 +123,16 @@ def test_help_shows_the_registry_defaults_and_ranges(capsys) -> None:
     assert "[0.01; > 0]" in text  # neumann_gamma and fd_r: strict bounds from the registry
     assert "[10; >= 1]" in text  # cg_iterations, neumann_terms
     assert "one of " + ", ".join(estimators.ESTIMATORS) in text
+
+
+def test_every_cell_topology_has_a_retraining_network() -> None:
+    from darts_amend.cli.train import TRAIN_NETWORKS
+    from darts_amend.supernet import CELL_TOPOLOGIES, DARTS_V2, Genotype, NB201Genotype
+
+    assert set(TRAIN_NETWORKS) == set(CELL_TOPOLOGIES)
+    assert {space.cell for space in SPACES.values()} <= set(TRAIN_NETWORKS)
+    assert (Genotype.cell_topology, DARTS_V2.cell_topology, NB201Genotype.cell_topology) == (
+        "darts", "darts", "nb201")
+    assert TRAIN_NETWORKS["nb201"][1]("cifar10") == 5
+    assert TRAIN_NETWORKS["darts"][1]("cifar10") == 20
+    assert TRAIN_NETWORKS["darts"][1]("imagenet") == 14

@@ -78,7 +78,7 @@ def run_search(cfg: SearchConfig, ctx: RunContext) -> RunResult:
     Returns the summary (also written to ``summary.json``) and the genotype."""
     from darts_amend import AmendedArchitect
     from darts_amend.diagnostics import collapse_signals, epoch_diagnostics
-    from darts_amend.supernet import Genotype, build_search_network
+    from darts_amend.supernet import Genotype, build_search_network, get_space
 
     d: Dist = ctx.dist
     device: torch.device = ctx.device
@@ -326,8 +326,8 @@ def run_search(cfg: SearchConfig, ctx: RunContext) -> RunResult:
             revert = {"revert_epoch": revert_epoch,
                       "early_stop_epoch": int(stop_record["epoch"]),
                       "early_stop_ratio": stop_record.get("diag/early_stop_ratio")}
-    if getattr(genotype, "is_nb201", False) and not genotype.connected():
-        logger.warning("the final NB201 genotype %s has no path from the cell input to its "
+    if get_space(cfg.space).topology.keeps_none and not genotype.connected():
+        logger.warning("the final genotype %s has no path from the cell input to its "
                        "output that avoids `none`: its network cannot learn (it re-trains to "
                        "chance accuracy)", genotype)
     summary = {

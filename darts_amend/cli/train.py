@@ -5,6 +5,7 @@ import dataclasses
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,9 +32,10 @@ from .runtime import (
 )
 
 if TYPE_CHECKING:
+    from darts_amend.data import DatasetInfo
     from darts_amend.supernet import Genotype, NB201Genotype
 
-__all__ = ["run_train", "load_genotype", "resolve_train_defaults"]
+__all__ = ["TRAIN_NETWORKS", "run_train", "load_genotype", "resolve_train_defaults"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +74,40 @@ def load_genotype(spec: str) -> Genotype | NB201Genotype:
         raise CLIError(f"genotype file {path} does not parse: {err}") from None
 
 
+def _darts_network(cfg: TrainConfig, genotype: Any, layers: int, info: DatasetInfo) -> nn.Module:
+    """DARTS' evaluation network (CIFAR, or the ImageNet stem), auxiliary tower optional."""
+    from darts_amend.supernet import NetworkCIFAR, NetworkImageNet
+
+    cls = NetworkImageNet if cfg.dataset == "imagenet" else NetworkCIFAR
+    return cls(cfg.init_channels, info.num_classes, layers, cfg.auxiliary, genotype,
+               in_channels=info.in_channels)
+
+
+def _nb201_network(cfg: TrainConfig, genotype: Any, layers: int, info: DatasetInfo) -> nn.Module:
+    """NAS-Bench-201's network: 3 stages of ``layers`` cells."""
+    from darts_amend.supernet import NB201Network
+
+    if cfg.auxiliary:
+        logger.info("the NB201 network has no auxiliary tower; --auxiliary is ignored")
+    return NB201Network(cfg.init_channels, info.num_classes, layers, genotype,
+                        in_channels=info.in_channels)
+
+
+#: the re-training network of each cell topology (``supernet.CELL_TOPOLOGIES``): its builder
+#: ``(cfg, genotype, layers, info) -> network`` and its default depth for a data set
+TRAIN_NETWORKS: dict[str, tuple[Callable[[TrainConfig, Any, int, DatasetInfo], nn.Module],
+                                Callable[[str], int]]] = {
+    "darts": (_darts_network, lambda dataset: train_family_defaults(dataset)["layers"]),
+    "nb201": (_nb201_network, lambda dataset: 5),  # NAS-Bench-201: 5 cells per stage
+}
+
+
 def run_train(cfg: TrainConfig, ctx: RunContext,
               genotype: Genotype | NB201Genotype) -> RunResult:
     """Re-train ``genotype``'s network from scratch (or continue); ``ctx`` as for a search.
 
     Returns the summary (also written to ``summary.json``) and the genotype."""
-    from darts_amend.supernet import NetworkCIFAR, NetworkImageNet, count_parameters
+    from darts_amend.supernet import CELL_TOPOLOGIES, count_parameters
 
     d: Dist = ctx.dist
     device: torch.device = ctx.device
@@ -87,25 +117,16 @@ def run_train(cfg: TrainConfig, ctx: RunContext,
         if layers is not None and layers != genotype.num_cells:
             raise CLIError(f"the genotype fixes {genotype.num_cells} cells, but --layers {layers}")
         layers = genotype.num_cells
-    nb201 = getattr(genotype, "is_nb201", False)
-    if layers is None:  # NAS-Bench-201: 5 cells per stage
-        layers = 5 if nb201 else train_family_defaults(cfg.dataset)["layers"]
+    topology = CELL_TOPOLOGIES[genotype.cell_topology]
+    build, default_layers = TRAIN_NETWORKS[topology.name]
+    if layers is None:
+        layers = default_layers(cfg.dataset)
     seed_everything(cfg.seed)
-    if nb201 and not genotype.connected():
-        logger.warning("NB201 genotype %s has no path from the cell input to its output that "
+    if topology.keeps_none and not genotype.connected():  # `none` may cut every path
+        logger.warning("genotype %s has no path from the cell input to its output that "
                        "avoids `none`: every cell outputs zeros, so this network cannot learn "
                        "(expect chance accuracy)", genotype)
-    if nb201:  # an NB201 cell: NAS-Bench-201's network (3 stages of `layers` cells)
-        from darts_amend.supernet import NB201Network
-
-        if cfg.auxiliary:
-            logger.info("the NB201 network has no auxiliary tower; --auxiliary is ignored")
-        net: nn.Module = NB201Network(cfg.init_channels, ctx.info.num_classes, layers, genotype,
-                                      in_channels=ctx.info.in_channels).to(device)
-    else:
-        cls = NetworkImageNet if cfg.dataset == "imagenet" else NetworkCIFAR
-        net = cls(cfg.init_channels, ctx.info.num_classes, layers, cfg.auxiliary, genotype,
-                  in_channels=ctx.info.in_channels).to(device)
+    net = build(cfg, genotype, layers, ctx.info).to(device)
     if d.enabled:
         for t in list(net.parameters()) + list(net.buffers()):
             dist.broadcast(t.data, src=0)

@@ -21,7 +21,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from .operations import OPS, PARAMETER_FREE
 
@@ -125,6 +125,9 @@ class Genotype:
     reduce: tuple[Gene, ...] = ()
     reduce_concat: tuple[int, ...] = (2, 3, 4, 5)
     cells: tuple[CellGenotype, ...] | None = None
+
+    #: the cell topology it is a genotype of (a key of ``topology.CELL_TOPOLOGIES``)
+    cell_topology: ClassVar[str] = "darts"
 
     def __post_init__(self) -> None:
         if self.cells is not None:
@@ -376,6 +379,7 @@ class NB201Genotype:
         object.__setattr__(self, "nodes", nodes)
 
     # -- the interface the CLI and plots share with Genotype ---------------------------------
+    cell_topology: ClassVar[str] = "nb201"  # a key of topology.CELL_TOPOLOGIES
     is_nb201 = True
     is_per_cell = False
     num_cells = None  # one cell for every position, any depth
