@@ -24,8 +24,6 @@ from .parser import build_parser
 
 __all__ = ["main", "build_parser", "CLIError"]
 
-logger = logging.getLogger("darts_amend.cli")
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``darts-amend`` with ``argv`` (default ``sys.argv[1:]``); return the exit code.

@@ -30,7 +30,6 @@ from darts_amend.supernet.spaces import SPACES
 __all__ = [
     "CLIError",
     "ValidRange",
-    "valid_range",
     "check_config",
     "SearchConfig",
     "TrainConfig",
@@ -474,11 +473,6 @@ def config_from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def valid_range(cls: type, name: str) -> ValidRange | None:
-    """The declared valid range of a numeric setting (None for the others)."""
-    return {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("valid")
 
 
 def _check_ranges(cfg: Any) -> None:
