@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # types only: importing them here would load torch's data stack on --help
+if TYPE_CHECKING:  # types only: runtime (loaders, torchrun) loads when a run starts
     import torch
     from torch.utils.data import Dataset
 
