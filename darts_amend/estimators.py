@@ -15,6 +15,9 @@ and g2 = -B H^-1 v. The estimators differ in how they treat g2:
 Each is ``f(model, train_batch, valid_batch, *, loss_fn=None, **options) -> Hypergradient``.
 They never write ``.grad`` and leave weights and buffers (BatchNorm running statistics) exactly
 as they found them, also on exception. Options are validated before anything is computed.
+Every estimator also takes ``common_random_numbers`` (None = detect, True, False): all loss
+evaluations of one estimate replay the same random numbers when the forward draws some
+(:mod:`darts_amend.randomness`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from .hvp import (
     take_batch,
     unwrap_model,
 )
+from .randomness import check_option, with_common_random_numbers
 
 __all__ = [
     "ESTIMATORS",
@@ -277,6 +281,7 @@ def neumann_series(matvec: Matvec, b: TensorList, terms: int, gamma: float) -> T
 # --------------------------------------------------------------------------- estimators
 
 
+@with_common_random_numbers
 def first_order(
     model: nn.Module, train_batch: Batch, valid_batch: Batch, *, loss_fn: LossFn | None = None
 ) -> Hypergradient:
@@ -328,6 +333,7 @@ def _with_second_term(
     )
 
 
+@with_common_random_numbers
 def amended(
     model: nn.Module,
     train_batch: Batch,
@@ -378,6 +384,7 @@ def amended(
     )
 
 
+@with_common_random_numbers
 def unrolled(
     model: nn.Module,
     train_batch: Batch,
@@ -461,6 +468,7 @@ def _check_buffers(
     return [None if b is None else b.detach() for b in buffers]
 
 
+@with_common_random_numbers
 def implicit_cg(
     model: nn.Module,
     train_batch: Batch,
@@ -497,6 +505,7 @@ def implicit_cg(
     return _with_second_term(prepared, train_batch, valid_batch, mode, r, solve, cost=cost)
 
 
+@with_common_random_numbers
 def implicit_neumann(
     model: nn.Module,
     train_batch: Batch,
@@ -570,6 +579,7 @@ _OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "chunks": _count,
     "second_order_batch": _sub_batch,
     "fast_depthwise": _flag,
+    "common_random_numbers": check_option,
 }
 
 

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import randomness
 from ._depthwise import fast_grouped_conv
 from ._types import MODES, Batch, LossFn, Matvec, TensorList
 
@@ -208,7 +209,8 @@ def check_batch(
 
 
 def _evaluate(loss_fn: LossFn, net: nn.Module, batch: Batch, what: str = "loss") -> Tensor:
-    loss = loss_fn(net, batch[0], batch[1])
+    with randomness.evaluation(batch):  # common random numbers within one estimate
+        loss = loss_fn(net, batch[0], batch[1])
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         raise TypeError(
             f"loss_fn must return a scalar tensor, got {type(loss).__name__}"
