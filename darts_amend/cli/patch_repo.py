@@ -25,7 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``patch-repo`` on the CLI's sub-parsers; the CLI dispatches to ``run``."""
     parser = subparsers.add_parser(
         "patch-repo",
-        help="swap the architect of a DARTS / PC-DARTS / P-DARTS checkout for Amended-DARTS",
+        help="swap the architect of a DARTS-family checkout (DARTS, PC-DARTS, P-DARTS, DrNAS, "
+        "beta-DARTS, DARTS-PT, SmoothDARTS, DARTS-, RobustDARTS) for Amended-DARTS",
         description="Back up the checkout's architect.py, write darts-amend's drop-in, "
         "add the --amend_* "
         "flags to train_search.py (once), and report script lines that break on modern "
@@ -89,13 +90,16 @@ def run(args: argparse.Namespace) -> int:
             )
     if f.name == "pdarts":
         print("\nP-DARTS has no architect: make this edit by hand.\n" + PDARTS_EDIT)
+    if f.notes:
+        print("\n" + f.notes.rstrip("\n"))
     print("\nthen run:\n  " + f.run_command.format(dir=plan.directory))
     from darts_amend.estimators import ESTIMATORS
 
     print(
         "options: --amend_eta ETA (0 = first-order DARTS), "
         f"--amend_estimator {{{','.join(ESTIMATORS)}}}, "
-        "--amend_mode {exact,finite_difference}"
+        "--amend_mode {exact,finite_difference,forward_difference}, "
+        "--amend_common_random_numbers {auto,on,off}"
     )
     if f.name != "pdarts":
         print("second-order DARTS through darts-amend: --amend_estimator unrolled --unrolled")
