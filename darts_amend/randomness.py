@@ -177,7 +177,9 @@ def draws_randomness(model: nn.Module) -> bool | None:
     """The model's own declaration: its ``draws_randomness`` attribute when it is a bool (looked
     up on the module behind DataParallel / DDP wrappers), else ``None`` (detect)."""
     net = model
-    while isinstance(getattr(net, "module", None), nn.Module) and not hasattr(net, "draws_randomness"):
+    while isinstance(getattr(net, "module", None), nn.Module) and not hasattr(
+        net, "draws_randomness"
+    ):
         net = net.module
     declared = getattr(net, "draws_randomness", None)
     return declared if isinstance(declared, bool) else None

@@ -22,7 +22,9 @@ from darts_amend.cli import patch_repo
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 _PARSER = "import argparse\nparser = argparse.ArgumentParser()\n{body}args = parser.parse_args()\n"
-_DARTS_ARCH = "class Architect(object):\n    def step(self, a, b, c, d, eta, opt, unrolled):\n        pass\n"
+_DARTS_ARCH = (
+    "class Architect(object):\n    def step(self, a, b, c, d, eta, opt, unrolled):\n        pass\n"
+)
 _DARTS_MODEL = "class Network:\n    def arch_parameters(self):\n        return self.alphas_normal\n"
 
 # flavour -> {relative path: text}; the search script's folder is the flavour's subdir
@@ -108,7 +110,8 @@ def make(root: Path, flavor: str) -> Path:
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
 
 
 def call(path: Path, flavor: str, *extra: str) -> int:
@@ -162,7 +165,9 @@ def test_robust_darts_states_the_unrolled_choice_and_beta_darts_the_epoch_edit(t
         ("darts-pt", "sdarts", "optimizers.darts.architect"),
     ],
 )
-def test_forks_with_one_layout_are_told_apart_without_writing(tmp_path, capsys, layout, wrong, hint):
+def test_forks_with_one_layout_are_told_apart_without_writing(
+    tmp_path, capsys, layout, wrong, hint
+):
     root = make(tmp_path, layout)
     before = tree(root)
     assert call(root, wrong) == 2

@@ -16,6 +16,11 @@ from darts_amend.randomness import GeneratorState, draws_randomness, shared_samp
 from darts_amend.testing import MixedMLP
 
 
+def _pair_batch(gen: torch.Generator):
+    x = torch.randn(8, 4, generator=gen, dtype=torch.float64)
+    return x, torch.randint(0, 3, (8,), generator=gen)
+
+
 class FixedNoiseNet(DirichletNet):
     """DirichletNet whose forward draws its noise from a fixed seed: a deterministic function."""
 
@@ -112,8 +117,7 @@ def test_deterministic_model_is_untouched_by_detection():
     torch.manual_seed(0)
     net = MixedMLP()
     gen = torch.Generator().manual_seed(0)
-    tb = (torch.randn(8, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (8,), generator=gen))
-    vb = (torch.randn(8, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (8,), generator=gen))
+    tb, vb = (_pair_batch(gen), _pair_batch(gen))
     torch.manual_seed(11)
     state = torch.get_rng_state()
     a = amended(net, tb, vb, mode="finite_difference")
@@ -167,8 +171,7 @@ class _CountingDraws(torch.nn.Module):
 def test_warns_when_passes_draw_different_amounts():
     net = _CountingDraws()
     gen = torch.Generator().manual_seed(0)
-    tb = (torch.randn(8, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (8,), generator=gen))
-    vb = (torch.randn(8, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (8,), generator=gen))
+    tb, vb = (_pair_batch(gen), _pair_batch(gen))
     with pytest.warns(RuntimeWarning, match="did not share one sample"):
         amended(net, tb, vb, mode="finite_difference")
 

@@ -9,8 +9,8 @@
   from ``reg_type`` / ``reg_scale``; weights re-read after prune / widen)
 * :mod:`darts_amend.adapters.beta_darts` -- Sunshine-Ye/Beta-DARTS (``step(..., epoch, unrolled)``
   and the beta-decay regulariser)
-* :mod:`darts_amend.adapters.darts_pt` -- ruocwang/darts-pt (optional ``eta`` / ``network_optimizer``,
-  keyword calls of the projection phase)
+* :mod:`darts_amend.adapters.darts_pt` -- ruocwang/darts-pt (optional ``eta`` /
+  ``network_optimizer``, keyword calls of the projection phase)
 * SmoothDARTS, DARTS- and RobustDARTS ship DARTS' architect interface: use
   :mod:`darts_amend.adapters.darts`
 * :mod:`darts_amend.adapters.patch_repo` -- the checks and edits behind ``darts-amend patch-repo``

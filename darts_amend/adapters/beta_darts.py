@@ -99,7 +99,7 @@ class Architect(UpstreamArchitect):
         epoch: float | bool | None = None,
         unrolled: bool | None = None,
     ) -> Any:
-        """One alpha update; ``epoch`` schedules the beta-decay weight (see the module docstring)."""
+        """One alpha update; ``epoch`` schedules the beta-decay weight (module docstring)."""
         if isinstance(epoch, bool):  # step(..., optimizer, args.unrolled): the flag, not an epoch
             if unrolled is not None:
                 raise TypeError("step() got a bool epoch and unrolled: pass epoch as a number")

@@ -134,8 +134,8 @@ _ROBUST_LAYOUT = dict(
 # RobustDARTS' grid (scripts/DARTS_search.sh) passes --unrolled: second-order DARTS.
 UNROLLED_CHOICE = """\
 The fork's search scripts pass --unrolled (second-order DARTS). With darts-amend choose one:
-  second-order DARTS through darts-amend's estimator: keep --unrolled, add --amend_estimator unrolled
-  Amended-DARTS:                                      remove --unrolled (amended is the default)
+  second-order DARTS through our estimator: keep --unrolled, add --amend_estimator unrolled
+  Amended-DARTS:                               remove --unrolled (amended is the default)
 --unrolled alone is refused with an error naming these two choices.
 """
 
@@ -199,8 +199,8 @@ FLAVORS.update(
             repo="xiangning-chen/SmoothDARTS",
             module="darts",
             architect_antimarkers=("mlc_loss",),
-            run_command="cd {dir}/../.. && python sota/cnn/train_search.py --perturb_alpha pgd_linf "
-            "--amend_eta 0.1",
+            run_command="cd {dir}/../.. && python sota/cnn/train_search.py "
+            "--perturb_alpha pgd_linf --amend_eta 0.1",
             **_SDARTS_LAYOUT,
         ),
         "darts-minus": Flavor(
