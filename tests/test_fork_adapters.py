@@ -296,3 +296,31 @@ def test_darts_pt_methods_reset_and_second_order():
     with pytest.raises(ValueError, match="needs eta"):
         so.step(*tb, *vb, return_logits=True)
     so.step(*tb, *vb, eta=0.025, network_optimizer=net.optimizer, unrolled=True)
+
+
+def test_beta_darts_nb201_style_loop():
+    """The fork's NB201 loop shape: per epoch, architect.step(..., optimizer, epoch,
+    unrolled=args.unrolled), zero_grad of both optimizers, a weight step; the regulariser's
+    weight grows with the epoch (the step at epoch 40 carries lambda = 20)."""
+    net = _nb201()
+    args = fork_args()
+    architect = beta_darts.Architect(net, args)
+    weights = [p for p in net.parameters() if p is not net._arch_parameters]
+    optimizer = torch.optim.SGD(weights, 0.025, momentum=0.9)
+    batches = vector_batches(4, batch=8)
+    lambdas = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for epoch in (0, 1, 40):
+            for i in range(2):
+                tb, vb = batches[2 * i], batches[2 * i + 1]
+                alpha = net._arch_parameters.detach().clone()
+                architect.step(*tb, *vb, 0.025, optimizer, epoch, unrolled=args.unrolled)
+                assert not torch.equal(alpha, net._arch_parameters)
+                got = architect._architect.last_hypergradient
+                lambdas.append(architect._lambda)
+                optimizer.zero_grad()
+                architect.optimizer.zero_grad()
+                _weight_step(net, optimizer, tb)
+            assert got.is_finite()
+    assert lambdas == [0.0, 0.0, 0.5, 0.5, 20.0, 20.0]
