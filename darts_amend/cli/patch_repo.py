@@ -7,6 +7,8 @@ registers the sub-command and prints what they did, as only the CLI writes outpu
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 
 from darts_amend.adapters.patch_repo import (
@@ -92,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
         print("\nP-DARTS has no architect: make this edit by hand.\n" + PDARTS_EDIT)
     if f.notes:
         print("\n" + f.notes.rstrip("\n"))
-    print("\nthen run:\n  " + f.run_command.format(dir=plan.directory))
+    command = f.run_command.format(dir=plan.directory)
+    # the forks' commands start at the repository root: fold "<dir>/../.." into a plain path
+    command = re.sub(r"^cd (\S+)", lambda m: "cd " + os.path.normpath(m.group(1)), command)
+    print("\nthen run:\n  " + command)
     from darts_amend.estimators import ESTIMATORS
 
     print(
