@@ -15,6 +15,9 @@ and g2 = -B H^-1 v. The estimators differ in how they treat g2:
 Each is ``f(model, train_batch, valid_batch, *, loss_fn=None, **options) -> Hypergradient``.
 They never write ``.grad`` and leave weights and buffers (BatchNorm running statistics) exactly
 as they found them, also on exception. Options are validated before anything is computed.
+Every estimator also takes ``common_random_numbers`` (None = detect, True, False): all loss
+evaluations of one estimate replay the same random numbers when the forward draws some
+(:mod:`darts_amend.randomness`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from .options import (
     estimator_options,
     validate_options,
 )
+from .randomness import with_common_random_numbers
 from .tensorlist import list_cosine, list_grad, list_norm
 
 __all__ = [
@@ -133,6 +137,7 @@ neumann_series = solve_neumann
 # --------------------------------------------------------------------------- estimators
 
 
+@with_common_random_numbers
 def first_order(
     model: nn.Module, train_batch: Batch, valid_batch: Batch, *, loss_fn: LossFn | None = None
 ) -> Hypergradient:
@@ -179,6 +184,7 @@ def _with_second_term(
     )
 
 
+@with_common_random_numbers
 def amended(
     model: nn.Module,
     train_batch: Batch,
@@ -228,6 +234,7 @@ def amended(
     )
 
 
+@with_common_random_numbers
 def unrolled(
     model: nn.Module,
     train_batch: Batch,
@@ -315,6 +322,7 @@ def _check_buffers(
     return [None if b is None else b.detach() for b in buffers]
 
 
+@with_common_random_numbers
 def implicit_cg(
     model: nn.Module,
     train_batch: Batch,
@@ -344,6 +352,7 @@ def implicit_cg(
     return _with_second_term(prepared, train_batch, valid_batch, options, solve)
 
 
+@with_common_random_numbers
 def implicit_neumann(
     model: nn.Module,
     train_batch: Batch,

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import randomness
 from ._types import Batch, LossFn, TensorList
 from .batches import iter_tensors
 from .tensorlist import bits_equal
@@ -196,7 +197,8 @@ def prepare(model: nn.Module, loss_fn: LossFn | None = None, **batches: Any) -> 
 
 def evaluate_loss(loss_fn: LossFn, net: nn.Module, batch: Batch, what: str = "loss") -> Tensor:
     """``loss_fn(net, *batch)`` checked to be a scalar that depends on a parameter (0-d)."""
-    loss = loss_fn(net, batch[0], batch[1])
+    with randomness.evaluation(batch):  # common random numbers within one estimate
+        loss = loss_fn(net, batch[0], batch[1])
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         raise TypeError(
             f"loss_fn must return a scalar tensor, got {type(loss).__name__}"

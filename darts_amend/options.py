@@ -27,6 +27,7 @@ __all__ = [
     "ESTIMATOR_OPTIONS",
     "OPTIONS",
     "PRODUCT_OPTIONS",
+    "SAMPLE_OPTIONS",
     "OptionSpec",
     "ProductOptions",
     "check_count",
@@ -133,6 +134,9 @@ class ProductOptions:
 
 #: The option names of :class:`ProductOptions`, shared by every estimator with products.
 PRODUCT_OPTIONS: tuple[str, ...] = ("mode", "r", "chunks", "second_order_batch", "fast_depthwise")
+#: Options of how an estimate samples a stochastic supernet (darts_amend.randomness); every
+#: estimator takes them (added by ``randomness.with_common_random_numbers``).
+SAMPLE_OPTIONS: tuple[str, ...] = ("common_random_numbers",)
 
 
 # --------------------------------------------------------------------------- the registry
@@ -145,7 +149,8 @@ class OptionSpec:
     ``kind`` says what values are valid: ``"number"`` (finite, ``>= low``, or ``> low`` when
     ``strict``), ``"number_or_none"`` (the same, or None), ``"positive"`` (finite, > 0),
     ``"count"`` (integer >= 1),
-    ``"sub_batch"`` (None or integer >= 1), ``"flag"`` (bool), ``"choice"`` (one of
+    ``"sub_batch"`` (None or integer >= 1), ``"flag"`` (bool), ``"flag_or_none"`` (None, True or
+    False), ``"choice"`` (one of
     ``choices``), ``"tensors"`` (checked against the model when the estimator runs).
     """
 
@@ -168,6 +173,7 @@ class OptionSpec:
             "count": "an integer >= 1",
             "sub_batch": "None (the whole batch) or an integer >= 1",
             "flag": "True or False",
+            "flag_or_none": "None (detect), True or False",
             "choice": "one of " + ", ".join(self.choices),
             "tensors": "a list aligned with the weights (entries may be None)",
         }[self.kind]
@@ -195,6 +201,8 @@ class OptionSpec:
             return check_sub_batch(name, value)
         if self.kind == "flag":
             return check_flag(name, value)
+        if self.kind == "flag_or_none":
+            return value if value is None else check_flag(name, value)
         if self.kind == "choice":
             if value not in self.choices:
                 raise ValueError(
@@ -229,16 +237,20 @@ OPTIONS: dict[str, OptionSpec] = dict(
               "training samples the Hessian products use (None: the whole batch)"),
         _spec("fast_depthwise", "flag", True,
               "cheaper double backward of grouped convolutions (exact mode)"),
+        _spec("common_random_numbers", "flag_or_none", None,
+              "replay one random sample in every pass of an estimate (None: when the model "
+              "draws randomness in forward)"),
     ]
 )
 
 #: The options each estimator accepts, in the order of its signature.
 ESTIMATOR_OPTIONS: dict[str, tuple[str, ...]] = {
-    "first_order": (),
-    "unrolled": ("xi", "momentum", "momentum_buffers", "weight_decay") + PRODUCT_OPTIONS,
-    "amended": ("eta",) + PRODUCT_OPTIONS,
-    "implicit_cg": ("iterations", "damping", "tol") + PRODUCT_OPTIONS,
-    "implicit_neumann": ("terms", "gamma") + PRODUCT_OPTIONS,
+    "first_order": SAMPLE_OPTIONS,
+    "unrolled": ("xi", "momentum", "momentum_buffers", "weight_decay") + PRODUCT_OPTIONS
+    + SAMPLE_OPTIONS,
+    "amended": ("eta",) + PRODUCT_OPTIONS + SAMPLE_OPTIONS,
+    "implicit_cg": ("iterations", "damping", "tol") + PRODUCT_OPTIONS + SAMPLE_OPTIONS,
+    "implicit_neumann": ("terms", "gamma") + PRODUCT_OPTIONS + SAMPLE_OPTIONS,
 }
 
 

@@ -375,7 +375,13 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_estimator_options_and_write_grads():
-    cost = {"chunks": 1, "second_order_batch": None, "fast_depthwise": True}
+    cost = {
+        "chunks": 1,
+        "second_order_batch": None,
+        "fast_depthwise": True,
+        "common_random_numbers": None,
+    }
+    assert estimator_options("first_order") == {"common_random_numbers": None}
     assert estimator_options("amended") == {"eta": 0.1, "mode": "exact", "r": 0.01, **cost}
     assert set(estimator_options("unrolled")) == {
         "xi",

@@ -5,6 +5,14 @@
   arch tensors)
 * :mod:`darts_amend.adapters.p_darts`  -- chenxin061/pdarts (no upstream architect: replaces its
   inline first-order alpha update, clipping the alpha gradient as it did)
+* :mod:`darts_amend.adapters.drnas`    -- xiangning-chen/DrNAS (Dirichlet sampling; weight decay
+  from ``reg_type`` / ``reg_scale``; weights re-read after prune / widen)
+* :mod:`darts_amend.adapters.beta_darts` -- Sunshine-Ye/Beta-DARTS (``step(..., epoch, unrolled)``
+  and the beta-decay regulariser)
+* :mod:`darts_amend.adapters.darts_pt` -- ruocwang/darts-pt (optional ``eta`` /
+  ``network_optimizer``, keyword calls of the projection phase)
+* SmoothDARTS, DARTS- and RobustDARTS ship DARTS' architect interface: use
+  :mod:`darts_amend.adapters.darts`
 * :mod:`darts_amend.adapters.patch_repo` -- the checks and edits behind ``darts-amend patch-repo``
   (the sub-command itself, which prints, is :mod:`darts_amend.cli.patch_repo`)
 
@@ -16,4 +24,4 @@ docs/integrations.md). Nothing is imported eagerly: ``import darts_amend.adapter
 
 from __future__ import annotations
 
-__all__ = ["darts", "p_darts", "patch_repo", "pc_darts"]
+__all__ = ["beta_darts", "darts", "darts_pt", "drnas", "p_darts", "patch_repo", "pc_darts"]

@@ -19,7 +19,10 @@ fixed at (0.5, 0.999)). Added, all optional (absent or ``None`` = default):
 * ``amend_chunks``: accumulate the Hessian products over this many micro-batches (less memory;
   the same numbers only without train-mode BatchNorm, see ``amended``);
 * ``amend_second_order_batch``: compute the Hessian products on this many training samples
-  (cheaper, a different and noisier estimator).
+  (cheaper, a different and noisier estimator);
+* ``amend_common_random_numbers``: ``auto`` (default: on when the supernet draws random numbers in
+  forward, e.g. DrNAS' Dirichlet sampling), ``on`` or ``off`` (also True / False): every pass of one
+  estimate replays the same random numbers (:mod:`darts_amend.randomness`).
 
 ``unrolled`` (the loop's flag) must agree with the estimator: ``unrolled=True`` means
 second-order DARTS, which is ``amend_estimator=unrolled``; then ``eta`` is its xi (the weight
@@ -51,14 +54,14 @@ from ..estimators import ESTIMATORS
 from ..model import split_parameters, unwrap_model
 from ..options import OPTIONS, check_number
 
-__all__ = ["UpstreamArchitect", "read_amend_options"]
+__all__ = ["UpstreamArchitect", "read_amend_options", "required_arg"]
 
 logger = logging.getLogger(__name__)
 
 _ADAM_BETAS = (0.5, 0.999)  # fixed in every upstream architect
 
 
-def _required(args: Any, name: str) -> Any:
+def required_arg(args: Any, name: str) -> Any:
     if not hasattr(args, name):
         raise ValueError(
             f"args has no {name!r}: the upstream Architect reads args.{name} (add it to the "
@@ -106,6 +109,15 @@ def read_amend_options(args: Any) -> tuple[str, dict[str, Any]]:
                 f"{flag} does nothing with amend_eta=0 (first-order DARTS: no Hessian products)"
             )
         options[option] = OPTIONS[option].check(flag, value)  # the registry's check
+    crn = getattr(args, "amend_common_random_numbers", None)
+    if crn is not None:
+        choices = {"auto": None, "on": True, "off": False, True: True, False: False}
+        if not isinstance(crn, (str, bool)) or crn not in choices:
+            raise ValueError(
+                f"invalid amend_common_random_numbers {crn!r}; expected auto, on or off"
+            )
+        if choices[crn] is not None:
+            options["common_random_numbers"] = choices[crn]
     return estimator, options
 
 
@@ -122,18 +134,18 @@ class UpstreamArchitect:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.network_momentum = check_number("args.momentum", _required(args, "momentum"))
+        self.network_momentum = check_number("args.momentum", required_arg(args, "momentum"))
         self.network_weight_decay = check_number(
-            "args.weight_decay", _required(args, "weight_decay")
+            "args.weight_decay", required_arg(args, "weight_decay")
         )
         arch_lr = check_number(
-            "args.arch_learning_rate", _required(args, "arch_learning_rate"), strict=True
+            "args.arch_learning_rate", required_arg(args, "arch_learning_rate"), strict=True
         )
-        arch_wd = check_number("args.arch_weight_decay", _required(args, "arch_weight_decay"))
+        arch_wd = self._arch_weight_decay(args)
         self.grad_clip: float | None = None
         if self.clips_alpha_gradient:
             self.grad_clip = check_number(
-                "args.grad_clip", _required(args, "grad_clip"), strict=True
+                "args.grad_clip", required_arg(args, "grad_clip"), strict=True
             )
         self.estimator, options = read_amend_options(args)
         self.amend_eta: float | None = options.get("eta")
@@ -150,6 +162,7 @@ class UpstreamArchitect:
             lr=arch_lr,
             betas=_ADAM_BETAS,
             weight_decay=arch_wd,
+            loss_fn=self._loss_fn(),
             **options,
         )
         #: The alpha optimizer (Adam), as upstream's ``architect.optimizer``.
@@ -167,6 +180,20 @@ class UpstreamArchitect:
             arch_lr,
             arch_wd,
         )
+
+    # ------------------------------------------------------------------------------ fork hooks
+    def _arch_weight_decay(self, args: Any) -> float:
+        """The Adam weight decay of the alphas (upstream: ``args.arch_weight_decay``)."""
+        return check_number("args.arch_weight_decay", required_arg(args, "arch_weight_decay"))
+
+    def _loss_fn(self) -> Any:
+        """The loss of every pass (``None``: ``model._loss`` / cross-entropy)."""
+        return None
+
+    def _refresh_weights(self) -> None:
+        """Re-read the weights: a fork may rebuild ops between stages (DrNAS widens them), which
+        leaves a stored list stale. The alphas must stay the same tensors (checked by the core)."""
+        self._alphas, self._weights = split_parameters(self._net)
 
     # ------------------------------------------------------------------------------ validation
     def _check_unrolled(self, unrolled: bool, *, where: str = "unrolled") -> None:
@@ -237,6 +264,7 @@ class UpstreamArchitect:
         """
         if unrolled is not None:
             self._check_unrolled(bool(unrolled))
+        self._refresh_weights()
         self._check_optimizer(network_optimizer)
         options: dict[str, Any] = {}
         if self.estimator == "unrolled":

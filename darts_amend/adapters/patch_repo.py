@@ -1,5 +1,5 @@
-"""``darts-amend patch-repo``: turn a DARTS / PC-DARTS / P-DARTS checkout into an Amended-DARTS
-one.
+"""``darts-amend patch-repo``: turn a DARTS-family checkout (DARTS, PC-DARTS, P-DARTS, DrNAS,
+beta-DARTS, DARTS-PT, SmoothDARTS, DARTS-, RobustDARTS) into an Amended-DARTS one.
 
 What it does, in order, and only after every check passed (nothing is written when a check
 fails):
@@ -37,12 +37,14 @@ import tempfile
 from pathlib import Path
 
 __all__ = [
+    "BETA_DARTS_EDIT",
     "CheckoutError",
     "CompatIssue",
     "FLAVORS",
     "Flavor",
     "PDARTS_EDIT",
     "PatchPlan",
+    "UNROLLED_CHOICE",
     "UndoPlan",
     "apply_patch",
     "apply_undo",
@@ -77,6 +79,13 @@ class Flavor:
     ]  # must not occur in model_search.py (tells the flavors apart)
     has_architect: bool  # upstream ships an architect.py
     run_command: str  # what to run afterwards
+    # the forks keep their files elsewhere; paths relative to the folder of train_search.py
+    architect_file: str = "architect.py"  # the file the drop-in replaces
+    model_file: str = "model_search.py"  # checked for model_markers
+    flags_file: str = "train_search.py"  # the file whose parse_args() gets the --amend_* flags
+    architect_markers: tuple[str, ...] = ()  # must occur in the fork's own architect file
+    architect_antimarkers: tuple[str, ...] = ()  # must not (tells forks with one layout apart)
+    notes: str = ""  # printed by the CLI after patching: edits or choices the fork needs
 
 
 FLAVORS: dict[str, Flavor] = {
@@ -116,6 +125,115 @@ FLAVORS: dict[str, Flavor] = {
         "--dropout_rate 0.1 --dropout_rate 0.4 --dropout_rate 0.7",
     ),
 }
+
+_SDARTS_LAYOUT = dict(
+    subdir="sota/cnn",
+    search_markers=("from optimizers.darts.architect import Architect", "architect.step("),
+    model_markers=("def arch_parameters", "alphas_normal"),
+    model_antimarkers=(),
+    has_architect=True,
+    architect_file="../../optimizers/darts/architect.py",
+)
+_ROBUST_LAYOUT = dict(
+    subdir="src/search",
+    search_markers=("from src.search.architect import Architect", "architect.step("),
+    model_markers=("def arch_parameters", "alphas_normal"),
+    has_architect=True,
+    flags_file="args.py",
+)
+
+# RobustDARTS' grid (scripts/DARTS_search.sh) passes --unrolled: second-order DARTS.
+UNROLLED_CHOICE = """\
+The fork's search scripts pass --unrolled (second-order DARTS). With darts-amend choose one:
+  second-order DARTS through our estimator: keep --unrolled, add --amend_estimator unrolled
+  Amended-DARTS:                               remove --unrolled (amended is the default)
+--unrolled alone is refused with an error naming these two choices.
+"""
+
+BETA_DARTS_EDIT = """\
+beta-DARTS' regulariser grows with the epoch. nasbench201/train_search.py passes it
+(architect.step(..., optimizer, epoch, unrolled=args.unrolled)); sota/cnn/train_search.py does
+not: there add `epoch` to train()'s parameters and to its call, and pass it to architect.step
+(or call architect.set_epoch(epoch) at the start of each epoch); a step without an epoch is
+refused rather than run without the regulariser.
+"""
+
+FLAVORS.update(
+    {
+        "drnas": Flavor(
+            name="drnas",
+            repo="xiangning-chen/DrNAS",
+            module="drnas",
+            subdir="DARTS-space",
+            search_markers=("from architect import Architect", "architect.step(", "reg_type"),
+            model_markers=("Dirichlet", "def pruning", "def wider"),
+            model_antimarkers=(),
+            has_architect=True,
+            architect_file="../architect.py",
+            run_command="cd {dir} && python train_search.py --amend_eta 0.1",
+            notes="201-space/train_search*.py import the same architect.py; add the flags block "
+            "there too to pass --amend_* to them.",
+        ),
+        "beta-darts": Flavor(
+            name="beta-darts",
+            repo="Sunshine-Ye/Beta-DARTS",
+            module="beta_darts",
+            subdir="nasbench201",
+            search_markers=("from optimizers.darts.architect import Architect", "epoch, unrolled="),
+            model_markers=("_arch_parameters",),
+            model_antimarkers=(),
+            has_architect=True,
+            architect_file="../optimizers/darts/architect.py",
+            model_file="model.py",
+            architect_markers=("mlc_loss",),
+            run_command="cd {dir}/.. && python nasbench201/train_search.py --amend_eta 0.1",
+            notes=BETA_DARTS_EDIT,
+        ),
+        "darts-pt": Flavor(
+            name="darts-pt",
+            repo="ruocwang/darts-pt",
+            module="darts_pt",
+            subdir="sota/cnn",
+            search_markers=("from nasbench201.architect_ig import Architect", "architect.step("),
+            model_markers=("def arch_parameters", "alphas_normal"),
+            model_antimarkers=(),
+            has_architect=True,
+            architect_file="../../nasbench201/architect_ig.py",
+            architect_markers=("args.method",),
+            run_command="cd {dir}/../.. && python sota/cnn/train_search.py --method darts-proj "
+            "--amend_eta 0.1",
+            notes="nasbench201/train_search.py imports the same architect_ig.py; add the flags "
+            "block there too to pass --amend_* to it.",
+        ),
+        "sdarts": Flavor(
+            name="sdarts",
+            repo="xiangning-chen/SmoothDARTS",
+            module="darts",
+            architect_antimarkers=("mlc_loss",),
+            run_command="cd {dir}/../.. && python sota/cnn/train_search.py "
+            "--perturb_alpha pgd_linf --amend_eta 0.1",
+            **_SDARTS_LAYOUT,
+        ),
+        "darts-minus": Flavor(
+            name="darts-minus",
+            repo="Meituan-AutoML/DARTS-",
+            module="darts",
+            model_antimarkers=(),
+            run_command="cd {dir}/../.. && python src/search/train_search.py --auxiliary_skip "
+            "--amend_eta 0.1",
+            **{**_ROBUST_LAYOUT, "model_markers": ("def arch_parameters", "auxiliary_skip")},
+        ),
+        "robust-darts": Flavor(
+            name="robust-darts",
+            repo="automl/RobustDARTS",
+            module="darts",
+            model_antimarkers=("auxiliary_skip",),
+            run_command="cd {dir}/../.. && python src/search/train_search.py --amend_eta 0.1",
+            notes=UNROLLED_CHOICE,
+            **_ROBUST_LAYOUT,
+        ),
+    }
+)
 
 # The P-DARTS edit (train_search.py): one architect per stage, replacing the inline first-order
 # update.
@@ -253,7 +371,8 @@ def dropin_text(flavor: str) -> str:
         "Flags read from args: --amend_eta (amending coefficient, default 0.1; 0 = first-order\n"
         "DARTS), --amend_estimator (default amended; `unrolled` together with --unrolled is\n"
         "second-order DARTS), --amend_mode (exact | finite_difference | forward_difference),\n"
-        "--amend_chunks K and --amend_second_order_batch M (cost of the Hessian products).\n"
+        "--amend_chunks K and --amend_second_order_batch M (cost of the Hessian products),\n"
+        "--amend_common_random_numbers auto|on|off (one random sample per estimate).\n"
         "Needs `pip install darts-amend`.\n"
         '"""\n'
         f"from darts_amend.adapters.{f.module} import Architect\n"
@@ -282,6 +401,10 @@ def flags_block(indent: str = "") -> str:
         "help='accumulate the Hessian products over K micro-batches (less memory)')",
         "parser.add_argument('--amend_second_order_batch', type=int, default=None, "
         "help='Hessian products on the first M training samples only (cheaper, noisier)')",
+        "parser.add_argument('--amend_common_random_numbers', type=str, default=None, "
+        "choices=['auto', 'on', 'off'], help='one random sample per hypergradient estimate for "
+        "supernets that sample in forward (default auto: on when the forward draws random "
+        "numbers)')",
         FLAGS_END,
     ]
     return "".join(f"{indent}{line}\n" for line in lines)
@@ -292,6 +415,11 @@ def _flavor(name: str) -> Flavor:
         return FLAVORS[name]
     except KeyError:
         raise ValueError(f"unknown flavor {name!r}; expected one of {', '.join(FLAVORS)}") from None
+
+
+def _inside(directory: Path, relative: str) -> Path:
+    """``directory / relative`` with ``..`` folded (the forks keep the architect elsewhere)."""
+    return Path(os.path.normpath(directory / relative))
 
 
 def _read(path: Path) -> str:
@@ -321,10 +449,10 @@ def locate_checkout(path: str | Path, flavor: str) -> Path:
         raise CheckoutError(
             f"{where} has no train_search.py: not a {f.repo} checkout (--flavor {f.name}){hint}"
         )
-    model_file = directory / "model_search.py"
+    model_file = directory / f.model_file
     if not model_file.is_file():
         raise CheckoutError(
-            f"{directory} has no model_search.py: not a {f.repo} checkout (--flavor {f.name})"
+            f"{directory} has no {f.model_file}: not a {f.repo} checkout (--flavor {f.name})"
         )
     search, model = _read(directory / "train_search.py"), _read(model_file)
     missing = [m for m in f.search_markers if m not in search]
@@ -345,10 +473,20 @@ def locate_checkout(path: str | Path, flavor: str) -> Path:
         raise CheckoutError(
             f"{model_file} has {', '.join(repr(m) for m in clash)}, which {f.repo} does not{hint}"
         )
-    if f.has_architect and not (directory / "architect.py").is_file():
+    architect = _inside(directory, f.architect_file)
+    if f.has_architect and not architect.is_file():
         raise CheckoutError(
-            f"{directory} has no architect.py: not a {f.repo} checkout (--flavor {f.name})"
+            f"{directory} has no {f.architect_file}: not a {f.repo} checkout (--flavor {f.name})"
         )
+    if architect.is_file() and not _read(architect).startswith(DROPIN_MARKER):
+        text = _read(architect)
+        wrong = [m for m in f.architect_markers if m not in text]
+        wrong += [m for m in f.architect_antimarkers if m in text]
+        if wrong:
+            raise CheckoutError(
+                f"{architect} does not look like {f.repo}'s (marker {wrong[0]!r}); check "
+                f"--flavor (choices: {', '.join(FLAVORS)})"
+            )
     return directory
 
 
@@ -369,7 +507,7 @@ def _backup_for(path: Path, current: str) -> Path | None:
 def _insert_flags(text: str, path: Path) -> str:
     lines = text.splitlines(keepends=True)
     for i, line in enumerate(lines):
-        match = re.match(r"(\s*)args\s*=\s*parser\.parse_args\(", line)
+        match = re.match(r"(\s*)(?:self\.)?args\s*=\s*parser\.parse_args\(", line)
         if match:
             block = flags_block(match.group(1))
             if line.endswith("\r\n"):  # keep the file's line endings
@@ -385,7 +523,7 @@ def plan_patch(path: str | Path, flavor: str) -> PatchPlan:
     written."""
     f = _flavor(flavor)
     directory = locate_checkout(path, flavor)
-    architect = directory / "architect.py"
+    architect = _inside(directory, f.architect_file)
     wanted = dropin_text(flavor)
     backup: Path | None = None
     if not architect.exists():
@@ -404,7 +542,7 @@ def plan_patch(path: str | Path, flavor: str) -> PatchPlan:
                 )
             action = "write"
             backup = _backup_for(architect, current)
-    search = directory / "train_search.py"
+    search = directory / f.flags_file
     search_text = _read(search)
     if FLAGS_BEGIN in search_text:
         flags_action, search_backup, new_text = "keep", None, None

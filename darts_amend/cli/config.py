@@ -323,6 +323,8 @@ OPTIONS_NOT_SETTINGS: dict[str, str] = {
     "weight_decay": "--weight_decay, the weight optimizer's (estimator unrolled)",
     "momentum_buffers": "the weight optimizer's state, each step (estimator unrolled)",
     "tol": "the library default",
+    "common_random_numbers": "the library default (detected: the reference supernets draw no "
+                             "randomness in forward)",
 }
 
 #: estimator option -> the flag that sets it (error messages name the flag, not the keyword)

@@ -7,6 +7,8 @@ registers the sub-command and prints what they did, as only the CLI writes outpu
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 
 from darts_amend.adapters.patch_repo import (
@@ -27,7 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``patch-repo`` on the CLI's sub-parsers; the CLI dispatches to ``run``."""
     parser = subparsers.add_parser(
         "patch-repo",
-        help="swap the architect of a DARTS / PC-DARTS / P-DARTS checkout for Amended-DARTS",
+        help="swap the architect of a DARTS-family checkout (DARTS, PC-DARTS, P-DARTS, DrNAS, "
+        "beta-DARTS, DARTS-PT, SmoothDARTS, DARTS-, RobustDARTS) for Amended-DARTS",
         description="Back up the checkout's architect.py, write darts-amend's drop-in, "
         "add the --amend_* "
         "flags to train_search.py (once), and report script lines that break on modern "
@@ -107,13 +110,19 @@ def run(args: argparse.Namespace) -> int:
             )
     if f.name == "pdarts":
         print("\nP-DARTS has no architect: make this edit by hand.\n" + PDARTS_EDIT)
-    print("\nthen run:\n  " + f.run_command.format(dir=plan.directory))
+    if f.notes:
+        print("\n" + f.notes.rstrip("\n"))
+    command = f.run_command.format(dir=plan.directory)
+    # the forks' commands start at the repository root: fold "<dir>/../.." into a plain path
+    command = re.sub(r"^cd (\S+)", lambda m: "cd " + os.path.normpath(m.group(1)), command)
+    print("\nthen run:\n  " + command)
     from darts_amend.estimators import ESTIMATORS
 
     print(
         "options: --amend_eta ETA (0 = first-order DARTS), "
         f"--amend_estimator {{{','.join(ESTIMATORS)}}}, "
-        "--amend_mode {exact,finite_difference,forward_difference}"
+        "--amend_mode {exact,finite_difference,forward_difference}, "
+        "--amend_common_random_numbers {auto,on,off}"
     )
     if f.name != "pdarts":
         print("second-order DARTS through darts-amend: --amend_estimator unrolled --unrolled")

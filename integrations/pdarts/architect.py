@@ -7,7 +7,8 @@ darts_amend.adapters.p_darts.
 Flags read from args: --amend_eta (amending coefficient, default 0.1; 0 = first-order
 DARTS), --amend_estimator (default amended; `unrolled` together with --unrolled is
 second-order DARTS), --amend_mode (exact | finite_difference | forward_difference),
---amend_chunks K and --amend_second_order_batch M (cost of the Hessian products).
+--amend_chunks K and --amend_second_order_batch M (cost of the Hessian products),
+--amend_common_random_numbers auto|on|off (one random sample per estimate).
 Needs `pip install darts-amend`.
 """
 from darts_amend.adapters.p_darts import Architect
