@@ -494,3 +494,28 @@ def test_state_dict_round_trip_resumes_identically():
     resumed.step(*batches[2], *batches[3], 0.025, None, unrolled=False)
     for a, e in zip(alphas_of(model), expected, strict=True):
         assert torch.equal(a, e)
+
+
+def test_estimator_specific_options_reach_the_estimator_through_amend_flags():
+    """``args.amend_<option>`` for any registry option of the chosen estimator; refused for one
+    that the estimator does not take (never silently ignored)."""
+    from types import SimpleNamespace
+
+    from darts_amend.adapters._upstream import read_amend_options
+
+    est, opts = read_amend_options(SimpleNamespace(
+        amend_estimator="implicit_cg", amend_iterations=3, amend_damping=0.5, amend_tol=1e-6))
+    assert est == "implicit_cg" and opts == {"iterations": 3, "damping": 0.5, "tol": 1e-6}
+    est, opts = read_amend_options(SimpleNamespace(
+        amend_estimator="implicit_neumann", amend_terms=4, amend_gamma=0.05))
+    assert opts == {"terms": 4, "gamma": 0.05}
+    _, opts = read_amend_options(SimpleNamespace(amend_mode="finite_difference", amend_r=0.001,
+                                                 amend_fast_depthwise=False))
+    assert opts == {"eta": 0.1, "mode": "finite_difference", "r": 0.001, "fast_depthwise": False}
+    with pytest.raises(ValueError, match="amend_iterations does nothing for amend_estimator "
+                                         "'amended' \\(it is an option of implicit_cg\\)"):
+        read_amend_options(SimpleNamespace(amend_iterations=3))
+    with pytest.raises(ValueError, match="amend_terms"):
+        read_amend_options(SimpleNamespace(amend_estimator="implicit_neumann", amend_terms=0))
+    with pytest.raises(ValueError, match="amend_r does nothing for amend_estimator 'first_order'"):
+        read_amend_options(SimpleNamespace(amend_estimator="first_order", amend_r=0.01))

@@ -22,7 +22,12 @@ fixed at (0.5, 0.999)). Added, all optional (absent or ``None`` = default):
   (cheaper, a different and noisier estimator);
 * ``amend_common_random_numbers``: ``auto`` (default: on when the supernet draws random numbers in
   forward, e.g. DrNAS' Dirichlet sampling), ``on`` or ``off`` (also True / False): every pass of one
-  estimate replays the same random numbers (:mod:`darts_amend.randomness`).
+  estimate replays the same random numbers (:mod:`darts_amend.randomness`);
+* ``amend_<option>`` for any other option of the chosen estimator in
+  :data:`darts_amend.options.OPTIONS` (``amend_r``, ``amend_fast_depthwise``,
+  ``amend_iterations`` / ``amend_damping`` / ``amend_tol`` for ``implicit_cg``, ``amend_terms`` /
+  ``amend_gamma`` for ``implicit_neumann``), checked by the registry; an option the chosen
+  estimator does not take is an error, never ignored.
 
 ``unrolled`` (the loop's flag) must agree with the estimator: ``unrolled=True`` means
 second-order DARTS, which is ``amend_estimator=unrolled``; then ``eta`` is its xi (the weight
@@ -52,13 +57,15 @@ from ..architect import AmendedArchitect
 from .._types import MODES
 from ..estimators import ESTIMATORS
 from ..model import split_parameters, unwrap_model
-from ..options import OPTIONS, check_number
+from ..options import ESTIMATOR_OPTIONS, OPTIONS, PRODUCT_OPTIONS, check_number
 
 __all__ = ["UpstreamArchitect", "read_amend_options", "required_arg"]
 
 logger = logging.getLogger(__name__)
 
 _ADAM_BETAS = (0.5, 0.999)  # fixed in every upstream architect
+# options of the unrolled weight step that the loop and its weight optimizer supply
+_FROM_LOOP = ("xi", "momentum", "momentum_buffers", "weight_decay")
 
 
 def required_arg(args: Any, name: str) -> Any:
@@ -90,21 +97,27 @@ def read_amend_options(args: Any) -> tuple[str, dict[str, Any]]:
     mode = getattr(args, "amend_mode", None)
     if mode is not None and mode not in MODES:
         raise ValueError(f"invalid amend_mode {mode!r}; expected one of {', '.join(MODES)}")
-    # flags of the Hessian products: (args field, estimator option checked by the registry)
-    product_flags = (
-        ("amend_mode", "mode"),
-        ("amend_chunks", "chunks"),
-        ("amend_second_order_batch", "second_order_batch"),
-    )
-    for flag, option in product_flags:
+    # every other estimator option as ``args.amend_<option>`` (checked by the registry); the
+    # unrolled weight step's xi / momentum / weight decay come from the loop and its optimizer
+    accepted = ESTIMATOR_OPTIONS[estimator]
+    for option in OPTIONS:
+        if option in _FROM_LOOP or option in ("eta", "common_random_numbers"):
+            continue
+        flag = f"amend_{option}"
         value = getattr(args, flag, None)
         if value is None:
             continue
-        if estimator == "first_order":
+        if option in PRODUCT_OPTIONS and estimator == "first_order":
             raise ValueError(
                 f"{flag} does nothing for amend_estimator 'first_order' (no Hessian products)"
             )
-        if estimator == "amended" and options["eta"] == 0.0:
+        if option not in accepted:
+            users = [name for name, names in ESTIMATOR_OPTIONS.items() if option in names]
+            raise ValueError(
+                f"{flag} does nothing for amend_estimator {estimator!r} (it is an option of "
+                f"{', '.join(users)})"
+            )
+        if option in PRODUCT_OPTIONS and estimator == "amended" and options["eta"] == 0.0:
             raise ValueError(
                 f"{flag} does nothing with amend_eta=0 (first-order DARTS: no Hessian products)"
             )
