@@ -187,3 +187,16 @@ def test_integration_folder_matches_patch_repo(flavor):
         assert BETA_DARTS_EDIT.splitlines()[0] in readme
     if flavor == "robust-darts":
         assert UNROLLED_CHOICE.splitlines()[0] in readme
+
+
+@pytest.mark.parametrize("flavor", sorted(LAYOUTS))
+def test_undo_restores_a_patched_fork_byte_for_byte(tmp_path, capsys, flavor):
+    root = make(tmp_path, flavor)
+    before = tree(root)
+    assert call(root, flavor) == 0
+    assert tree(root) != before
+    capsys.readouterr()
+    from darts_amend.cli import main
+
+    assert main(["patch-repo", str(root), "--undo"]) == 0
+    assert tree(root) == before

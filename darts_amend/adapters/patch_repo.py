@@ -673,10 +673,27 @@ def _undo_directory(path: str | Path, flavor: str | None) -> Path:
     root = Path(path).expanduser()
     if not root.is_dir():
         raise CheckoutError(f"{root} is not a directory")
-    for candidate in (root, root / "cnn"):
-        if (candidate / "train_search.py").is_file():
-            return candidate
-    raise CheckoutError(f"{root} has no train_search.py: not a checkout patch-repo patched")
+    return root
+
+
+_SKIP_DIRS = {".git", "__pycache__", ".venv", "venv", "node_modules", "data", "runs"}
+
+
+def _patched_files(root: Path) -> list[Path]:
+    """The files under ``root`` that patch-repo may have written: drop-ins, files with the flags
+    block, and the targets of ``.orig`` backups (a fork keeps them in several folders)."""
+    found: set[Path] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+        for name in filenames:
+            path = Path(dirpath) / name
+            if name.endswith(".py" + BACKUP_SUFFIX):
+                found.add(path.with_name(name[: -len(BACKUP_SUFFIX)]))
+            elif name.endswith(".py"):
+                text = _read(path)
+                if text.startswith(DROPIN_MARKER) or FLAGS_BEGIN in text:
+                    found.add(path)
+    return sorted(found)
 
 
 def _dropin_flavor(text: str) -> Flavor | None:
@@ -696,62 +713,59 @@ def _remove_flags(text: str) -> str | None:
 
 def plan_undo(path: str | Path, flavor: str | None = None) -> UndoPlan:
     """Decide how to restore a patched checkout as it was before ``patch-repo``; raises
-    CheckoutError (nothing written) when a file cannot be restored without losing a change."""
+    CheckoutError (nothing written) when a file cannot be restored without losing a change.
+
+    Flavour-agnostic: every drop-in, every file holding the ``--amend_*`` flags block and every
+    ``.orig`` backup under the checkout (forks keep their architect and flags files in different
+    folders) is restored from its backup, stripped of the block, or removed when patch-repo
+    created it."""
     directory = _undo_directory(path, flavor)
+    root = Path(path).expanduser() if flavor is not None else directory
     changes: list[tuple[Path, bytes | None, Path | None]] = []
     lines: list[str] = []
     notes: list[str] = []
-    architect = directory / "architect.py"
-    backup = architect.with_name(architect.name + BACKUP_SUFFIX)
-    if architect.exists() and _read(architect).startswith(DROPIN_MARKER):
-        if backup.exists():
-            changes += [(architect, backup.read_bytes(), backup), (backup, None, None)]
-            lines.append(f"restored {architect.name} from {backup.name}")
-        else:
-            f = _dropin_flavor(_read(architect))
-            if f is None or f.has_architect:
-                raise CheckoutError(
-                    f"{architect} is darts-amend's drop-in but there is no {backup.name} to "
-                    "restore; get the upstream file back with git (git checkout architect.py)"
-                )
-            changes.append((architect, None, None))
-            lines.append(f"removed drop-in {architect.name} ({f.repo} has no architect.py)")
-    elif backup.exists():
-        if not architect.exists():
-            changes += [(architect, backup.read_bytes(), backup), (backup, None, None)]
-            lines.append(f"restored {architect.name} from {backup.name}")
-        elif architect.read_bytes() == backup.read_bytes():  # restored by hand already
-            changes.append((backup, None, None))
-            lines.append(f"removed {backup.name} (identical to {architect.name})")
-        else:
-            raise CheckoutError(
-                f"{architect} is not darts-amend's drop-in and differs from {backup.name}; "
-                "refusing to choose between them"
-            )
-    search = directory / "train_search.py"
-    search_backup = search.with_name(search.name + BACKUP_SUFFIX)
-    text = _read(search)
-    stripped = _remove_flags(text)
-    old = search_backup.read_bytes() if search_backup.exists() else None
-    if stripped is not None:
-        data = stripped.encode("utf-8")
-        if old is not None and old == data:
-            changes += [(search, old, search), (search_backup, None, None)]
-            lines.append(f"restored {search.name} from {search_backup.name}")
-        else:
-            changes.append((search, data, search))
-            lines.append(f"removed the --amend_* flags from {search.name}")
+    for target in _patched_files(root):
+        rel = target.relative_to(root).as_posix()
+        backup = target.with_name(target.name + BACKUP_SUFFIX)
+        old = backup.read_bytes() if backup.exists() else None
+        text = _read(target) if target.exists() else None
+        stripped = None if text is None else _remove_flags(text)
+        if text is not None and text.startswith(DROPIN_MARKER):
             if old is not None:
-                notes.append(f"kept {search_backup.name}: {search.name} was edited after "
-                             "patching, so the backup is not the file any more")
-    elif old is not None:
-        if old != search.read_bytes():
-            raise CheckoutError(
-                f"{search} has no darts-amend flags and differs from {search_backup.name}; "
-                "refusing to choose between them"
-            )
-        changes.append((search_backup, None, None))
-        lines.append(f"removed {search_backup.name}")
+                changes += [(target, old, backup), (backup, None, None)]
+                lines.append(f"restored {rel} from {backup.name}")
+            else:
+                f = _dropin_flavor(text)
+                if f is None or f.has_architect:
+                    raise CheckoutError(
+                        f"{target} is darts-amend's drop-in but there is no {backup.name} to "
+                        f"restore; get the upstream file back with git (git checkout {rel})"
+                    )
+                changes.append((target, None, None))
+                lines.append(f"removed drop-in {rel} ({f.repo} has no {target.name})")
+        elif stripped is not None:
+            data = stripped.encode("utf-8")
+            if old is not None and old == data:
+                changes += [(target, old, target), (backup, None, None)]
+                lines.append(f"restored {rel} from {backup.name}")
+            else:
+                changes.append((target, data, target))
+                lines.append(f"removed the --amend_* flags from {rel}")
+                if old is not None:
+                    notes.append(f"kept {backup.name}: {rel} was edited after patching, so the "
+                                 "backup is not the file any more")
+        elif old is not None:
+            if text is None:
+                changes += [(target, old, backup), (backup, None, None)]
+                lines.append(f"restored {rel} from {backup.name}")
+            elif target.read_bytes() == old:  # restored by hand already
+                changes.append((backup, None, None))
+                lines.append(f"removed {backup.name} (identical to {target.name})")
+            else:
+                raise CheckoutError(
+                    f"{target} is not darts-amend's and differs from {backup.name}; "
+                    "refusing to choose between them"
+                )
     _check_writable(directory, [p for p, _, _ in changes])
     return UndoPlan(directory, changes, lines, notes)
 
