@@ -168,16 +168,23 @@ def percentile(value: float, reference: list[float]) -> float:
 def load_table(folder: str | Path) -> list[dict[str, Any]]:
     """The reference rows of ``folder/cells.jsonl`` (a run folder or the committed copy), one
     per cell: a cell written twice (two processes on one folder) counts once, a torn last
-    line (a process killed mid-write) is skipped."""
+    line (a process killed mid-write) is skipped. (Rows before 2026-12-03 22:40 were written
+    with a coarser canonical form that did not tell a shared op from two ops of one kind; the
+    form is recomputed here, so their ``index`` may differ from the current sample order.)"""
     path = Path(folder) / "cells.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no reference table at {path}")
+    from darts_amend.diagnostics.paths import nb201_canonical
+    from darts_amend.supernet import NB201Genotype
+
     rows: dict[str, dict[str, Any]] = {}
     for line in path.read_text().splitlines():
         try:
             r = json.loads(line)
         except json.JSONDecodeError:
             continue
+        # the canonical form is recomputed: rows written by an older form still match
+        r["canonical"] = nb201_canonical(NB201Genotype.from_string(r["genotype"]))
         rows.setdefault(r["canonical"], r)
     return list(rows.values())
 

@@ -496,15 +496,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score_every", type=int, default=500,
                    help="score the cell (CV accuracy, percentile) every N alpha steps (0: only "
                         "the final cell)")
+    p.add_argument("--inspect", default=None, metavar="SEARCH_DIR",
+                   help="print the per-run metrics of one search folder (writes its "
+                        "trajectory.csv and cv_cache.jsonl there) and exit")
     p.add_argument("--diag_every", type=int, default=10,
                    help="epochs between alpha-Hessian eigenvalue / alignment measurements")
     return p
+
+
+def inspect(args: argparse.Namespace) -> int:
+    """Per-run metrics of one search folder (a pilot run, or a study run in progress): its
+    trajectory every ``--score_every`` alpha steps and its summary."""
+    folder = Path(args.inspect)
+    if not (folder / "metrics.jsonl").is_file():
+        raise SystemExit(f"collapse_study.py: no metrics.jsonl in {folder}")
+    space = json.loads((folder / "config.json").read_text()).get("space", args.spaces[0])
+    stable = json.loads((folder / "config.json").read_text()).get("until_converged") or 10
+    scorer = CellScorer(args.reference, folder / "cv_cache.jsonl") if args.reference else None
+    rows = run_trajectory(folder, space, scorer, args.score_every)
+    write_rows(rows, folder / "trajectory.csv")
+    print("| alpha steps | live parametric ops | disconnected | pf share (top / genotype) | "
+          "kept-op weight min | valid acc | eig (alphas) | cos(g2', CG g2) | percentile | "
+          "genotype |\n|---:|---:|---|---|---:|---:|---:|---:|---:|---|")
+    fmt = (lambda v, f: "-" if v is None else format(v, f))
+    for r in rows:
+        if r["percentile"] is None and r is not rows[-1]:
+            continue
+        g = json.loads(r["genotype"])
+        print(f"| {r['alpha_steps']} | {r['live_parametric']} | {bool(r['disconnected'])} | "
+              f"{r['pf_share']:.2f} / {r['pf_share_genotype']:.2f} | "
+              f"{fmt(r['kept_weight_min'], '.3f')} | {fmt(r['valid_acc'], '.3f')} | "
+              f"{fmt(r['eig_alphas'], '.3g')} | {fmt(r['cos_g2'], '.2f')} | "
+              f"{fmt(r['percentile'], '.1f')} | `{g.get('nb201', '')}` |")
+    print(json.dumps(run_summary(rows, stable)))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.estimators:
         raise SystemExit("collapse_study.py: use --arms")
+    if args.inspect:
+        return inspect(args)
     if args.report:
         print(report(args))
         return 0

@@ -126,7 +126,7 @@ def test_canonical_form_isomorphisms() -> None:
     assert nb201_canonical(nb("|nor_conv_3x3~0|+|none~0|skip_connect~1|+"
                               "|none~0|none~1|skip_connect~2|")) == nb201_canonical(
         nb("|nor_conv_3x3~0|+|none~0|none~1|+|none~0|skip_connect~1|none~2|")) == \
-        "nor_conv_3x3(x)"
+        "nor_conv_3x3#0(x)"
     # every cell whose output ignores the input is one class
     assert nb201_canonical(nb("|none~0|+|none~0|nor_conv_3x3~1|+|none~0|nor_conv_3x3~1|"
                               "nor_conv_1x1~2|")) == "disconnected"
@@ -144,6 +144,58 @@ def test_canonical_form_separates_different_cells() -> None:
     ]
     keys = [nb201_canonical(nb(f)) for f in forms]
     assert len(set(keys)) == len(keys), keys
-    assert keys[0] == "x+x" and keys[3] == "nor_conv_3x3(x)+nor_conv_3x3(x)"
+    assert keys[0] == "x+x" and keys[3] == "nor_conv_3x3#0(x)+nor_conv_3x3#1(x)"
+    # one conv shared by two paths is not two convs: c1(c3(x)) + c1'(c3(x)) with c3 shared
+    # (node 1 feeds node 2 and node 3) against two separate c3 (nodes 1 and 2 both from x)
+    shared = nb("|nor_conv_3x3~0|+|none~0|nor_conv_1x1~1|+|none~0|nor_conv_1x1~1|skip_connect~2|")
+    separate = nb("|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|none~0|nor_conv_1x1~1|"
+                  "nor_conv_1x1~2|")
+    assert nb201_canonical(shared) != nb201_canonical(separate)
+    assert nb201_canonical(shared).count("nor_conv_3x3#") == 2  # one instance, written twice
+    assert len({nb201_canonical(shared).split("nor_conv_3x3#")[i][0] for i in (1, 2)}) == 1
     with pytest.raises(TypeError):
         nb201_canonical(CellGenotype((("skip_connect", 0), ("skip_connect", 1)), (2,)))
+
+
+def test_canonical_form_against_a_surrogate_computation() -> None:
+    """Ground truth for the term algebra: compute every cell with a surrogate where each op kind
+    is a fixed function (nor_conv: tanh(W v), zero at zero; avg pool: a fixed linear map;
+    skip: identity; none: zero). Cells with one canonical form compute the same output, and the
+    form names one instance per live parametric edge."""
+    import re
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    d = 6
+    x = rng.normal(size=d)
+    W = {"nor_conv_1x1": rng.normal(size=(d, d)), "nor_conv_3x3": rng.normal(size=(d, d))}
+    P = rng.normal(size=(d, d)) / d
+
+    def surrogate(g: NB201Genotype) -> np.ndarray:
+        states = [x]
+        for node in g.nodes:
+            total = np.zeros(d)
+            for op, j in node:
+                v = states[j]
+                if op == "skip_connect":
+                    total = total + v
+                elif op == "avg_pool_3x3":
+                    total = total + P @ v
+                elif op != "none":
+                    total = total + np.tanh(W[op] @ v)
+            states.append(total)
+        return states[-1]
+
+    outputs: dict[str, np.ndarray] = {}
+    for ops in itertools.product(NB201_OPS, repeat=6):
+        it = iter(ops)
+        g = NB201Genotype(tuple(tuple((next(it), j) for j in range(i + 1)) for i in range(3)))
+        key = nb201_canonical(g)
+        y = surrogate(g)
+        if key == "disconnected":
+            assert np.abs(y).max() == 0.0, g
+        ref = outputs.setdefault(key, y)
+        assert np.allclose(ref, y, rtol=0, atol=1e-12), (g, key)
+        assert len(set(re.findall(r"#\d+", key))) == live_paths(g).live_parametric, (g, key)
+    assert 1000 < len(outputs) < 5 ** 6

@@ -23,6 +23,7 @@ compute the same function with the same parameters) are counted once.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,33 +116,77 @@ def genotype_paths(genotype: Any) -> CellPaths:
 def nb201_canonical(genotype: Any) -> str:
     """A canonical string of an NB201 cell: equal for isomorphic cells, different otherwise.
 
-    The cell output is written as a sum of terms. A node is the sum of its incoming edges;
-    ``none`` edges are dropped; ``skip_connect`` (the identity) and ``avg_pool_3x3`` (linear)
-    distribute over sums, so a term is a chain of pools applied to an *atom*: the cell input
-    ``x`` or a parametric op applied to a (canonical) sum. Terms form a multiset (sorted; a term
-    twice is kept twice: ``x + x`` is not ``x``). Sub-sums that do not depend on ``x`` are
-    dropped (a ``nor_conv`` of a cut node outputs only its BN bias, a constant); a cell whose
-    output does not depend on ``x`` at all is ``"disconnected"``. So renumbering the
-    intermediate nodes, routing a path through a skip node, or cutting dead edges gives the
-    same string; distinct parametric structures, or pools in other places, do not.
+    Two cells are isomorphic when they compute the same function of the input with the same
+    parametric operations, up to renaming those operations. The output is written as a sum of
+    terms. A node is the sum of its incoming edges; ``none`` edges are dropped;
+    ``skip_connect`` (the identity) and ``avg_pool_3x3`` (linear) distribute over sums, so a
+    term is a chain of pools (``avg.``) applied to an *atom*: the input ``x`` or one parametric
+    op instance (an edge; ``op#k``) applied to a canonical sum. The instance labels ``k`` say
+    which atoms are the same operation (shared by two paths) and which are two operations of
+    one kind; they are numbered in the order of the sorted terms, the minimum over the orders
+    of look-alike atoms. Terms form a multiset (``x + x`` is not ``x``). Sums that do not
+    depend on ``x`` are dropped (a ``nor_conv`` of a cut node outputs only its BN bias); a cell
+    whose output does not depend on ``x`` is ``"disconnected"``. So renumbering the intermediate
+    nodes, routing a path through a skip node, or cutting dead edges gives the same string;
+    distinct parametric structures, shared versus separate operations, or pools in other places
+    do not.
     """
     if not getattr(genotype, "is_nb201", False):
         raise TypeError(f"expected an NB201Genotype, got {type(genotype).__name__}")
-    # value of each state: a sorted tuple of terms; a term is (pools, atom) where atom is "x"
-    # or "op(" + canonical sum + ")"
-    values: list[tuple[str, ...]] = [("x",)]
+    # value of a state: list of terms (pools, atom); atom = -1 for x or an edge index whose
+    # definition is (op, value of its source state)
+    atoms: dict[int, tuple[str, list[tuple[int, int]]]] = {}
+    values: list[list[tuple[int, int]]] = [[(0, -1)]]
+    e = 0
     for node in genotype.nodes:
-        terms: list[str] = []
+        terms: list[tuple[int, int]] = []
         for op, j in node:
             src = values[j]
             if op == "none" or not src:
-                continue  # a cut edge, or an input that does not depend on x
-            if op == "skip_connect":
+                pass  # a cut edge, or an input that does not depend on x
+            elif op == "skip_connect":
                 terms.extend(src)
             elif op == "avg_pool_3x3":
-                terms.extend("avg." + t for t in src)
+                terms.extend((pools + 1, atom) for pools, atom in src)
             else:
-                terms.append(f"{op}(" + "+".join(src) + ")")
-        values.append(tuple(sorted(terms)))
+                atoms[e] = (op, src)
+                terms.append((0, e))
+            e += 1
+        values.append(terms)
     out = values[-1]
-    return "+".join(out) if out else "disconnected"
+    if not out:
+        return "disconnected"
+
+    def render(value: list[tuple[int, int]], label: dict[int, str]) -> str:
+        parts = []
+        for pools, atom in value:
+            if atom < 0:
+                body = "x"
+            else:
+                op, arg = atoms[atom]
+                body = f"{op}#{label.get(atom, '')}({render(arg, label)})"
+            parts.append("avg." * pools + body)
+        return "+".join(sorted(parts))
+
+    used: set[int] = set()
+
+    def collect(value: list[tuple[int, int]]) -> None:
+        for _, atom in value:
+            if atom >= 0 and atom not in used:
+                used.add(atom)
+                collect(atoms[atom][1])
+
+    collect(out)
+    # atoms that look alike without labels are the only ones whose labelling is ambiguous
+    groups: dict[str, list[int]] = {}
+    for a in used:
+        groups.setdefault(render([(0, a)], {}), []).append(a)
+    keys = sorted(groups)
+    best = None
+    for orders in itertools.product(*(itertools.permutations(groups[k]) for k in keys)):
+        label = {a: str(i) for i, a in enumerate(a for order in orders for a in order)}
+        text = render(out, label)
+        if best is None or text < best:
+            best = text
+    assert best is not None
+    return best
