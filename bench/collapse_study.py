@@ -366,6 +366,9 @@ def verdict(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
         have = {a: len(by_arm.get(a, [])) for a in need}
         return [f"Verdict: not yet (the criteria need 8 finished seeds of {', '.join(need)}; "
                 f"have {have})."]
+    if any(r["percentile"] is None for a in need for r in by_arm[a]):
+        return ["Verdict: none for this space (the criteria use the reference percentile, which "
+                "exists for nb201 only)."]
     deg = {a: sum(r["degenerate"] for r in by_arm[a]) for a in by_arm}
     c1 = all(deg[a] >= 6 for a in BASELINES)
     tests = {b: mann_whitney_greater([r["percentile"] for r in by_arm[PRIMARY]],

@@ -123,6 +123,10 @@ def test_report_and_verdict_on_a_fake_archive(study, tmp_path) -> None:
     root4 = tmp_path / "few"
     _fake_archive(root4, study, [1] * 3, [60.0] * 3, seeds=3)
     assert study.verdict(_by_arm(root4, study))[0].startswith("Verdict: not yet")
+    no_ref = _by_arm(root, study)
+    for r in no_ref["first_order"]:
+        r["percentile"] = None
+    assert study.verdict(no_ref)[0].startswith("Verdict: none for this space")
 
 
 def _by_arm(root: Path, study) -> dict:
