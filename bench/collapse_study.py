@@ -374,7 +374,7 @@ def verdict(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
     tests = {b: mann_whitney_greater([r["percentile"] for r in by_arm[PRIMARY]],
                                      [r["percentile"] for r in by_arm[b]]) for b in BASELINES}
     med = statistics.median(r["percentile"] for r in by_arm[PRIMARY])
-    lines = [f"Degenerate runs: " + ", ".join(f"{a} {deg[a]}/{len(by_arm[a])}" for a in by_arm),
+    lines = ["Degenerate runs: " + ", ".join(f"{a} {deg[a]}/{len(by_arm[a])}" for a in by_arm),
              f"Primary tests ({PRIMARY} percentile > baseline): " + "; ".join(
                  f"vs {b}: p = {t['p']:.4g}, A = {t['A']:.2f}, HL = {t['hl']:+.1f}"
                  for b, t in tests.items()) + f"; {PRIMARY} median percentile {med:.1f}."]
@@ -521,7 +521,10 @@ def inspect(args: argparse.Namespace) -> int:
     print("| alpha steps | live parametric ops | disconnected | pf share (top / genotype) | "
           "kept-op weight min | valid acc | eig (alphas) | cos(g2', CG g2) | percentile | "
           "genotype |\n|---:|---:|---|---|---:|---:|---:|---:|---:|---|")
-    fmt = (lambda v, f: "-" if v is None else format(v, f))
+
+    def fmt(v: float | None, f: str) -> str:
+        return "-" if v is None else format(v, f)
+
     for r in rows:
         if r["percentile"] is None and r is not rows[-1]:
             continue
