@@ -16,8 +16,9 @@ p-values and effect sizes (Vargha-Delaney A, Hodges-Lehmann shift) against ``fir
 ``unrolled_fd``, the verdict of the criteria pre-registered in docs/benchmarks.md, and a plot of
 live parametric ops and reference percentile against alpha steps.
 
-    python bench/collapse_study.py --out /work/runs/study --reference bench/results/cell_reference \\
-        --arch_lr 3e-3 --max_alpha_steps 5000 --nice 19 --resume            # the study
+    python bench/collapse_study.py --out /work/runs/study --nice 19 --resume   # setting W
+    python bench/collapse_study.py --out /work/runs/study_s --subset 0.2 --arch_lr 3e-2 \\
+        --nice 19 --resume                                                      # setting S
     python bench/collapse_study.py --out /work/runs/study --report --plot bench/collapse_study.png
     python bench/collapse_study.py --out /work/runs/study --archive bench/results/collapse_study
 
@@ -490,13 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = collapse.build_parser()
     p.description = __doc__.splitlines()[0]
     p.set_defaults(out="runs/collapse_study", spaces=["nb201"], estimators=None, subset=1.0,
-                   arch_lr=3e-3, max_alpha_steps=5000, seeds=list(range(8)),
+                   arch_lr=1e-2, max_alpha_steps=10000, seeds=list(range(8)),
                    plot="bench/collapse_study.png")
     p.add_argument("--arms", nargs="+", default=list(ARMS))
     p.add_argument("--reference", default="bench/results/cell_reference",
                    help="cell reference table (bench/cell_reference.py) for the percentiles; "
                         "'' for none")
-    p.add_argument("--score_every", type=int, default=500,
+    p.add_argument("--score_every", type=int, default=1000,
                    help="score the cell (CV accuracy, percentile) every N alpha steps (0: only "
                         "the final cell)")
     p.add_argument("--inspect", default=None, metavar="SEARCH_DIR",
