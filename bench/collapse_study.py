@@ -383,7 +383,8 @@ def verdict(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
         lines.append("Verdict: C1 fails (the DARTS baselines do not end degenerate in >= 6 of 8 "
                      "seeds each): this setting cannot test the claim.")
         return lines
-    confirm = (deg[PRIMARY] <= 2 and med >= 50 and all(t["p"] < 0.01 for t in tests.values()))
+    confirm = (deg[PRIMARY] <= 2 and med >= 50
+               and all(t["p"] < 0.01 and t["A"] >= 0.85 for t in tests.values()))
     refute = deg[PRIMARY] >= deg["first_order"] or any(t["p"] > 0.1 for t in tests.values())
     if confirm:
         cg = deg.get("implicit_cg")
