@@ -515,8 +515,10 @@ def inspect(args: argparse.Namespace) -> int:
     folder = Path(args.inspect)
     if not (folder / "metrics.jsonl").is_file():
         raise SystemExit(f"collapse_study.py: no metrics.jsonl in {folder}")
-    space = json.loads((folder / "config.json").read_text()).get("space", args.spaces[0])
-    stable = json.loads((folder / "config.json").read_text()).get("until_converged") or 10
+    config = json.loads((folder / "config.json").read_text())
+    config = config.get("config", config)  # the CLI nests the resolved settings
+    space = config.get("space", args.spaces[0])
+    stable = config.get("until_converged") or 10
     scorer = CellScorer(args.reference, folder / "cv_cache.jsonl") if args.reference else None
     rows = run_trajectory(folder, space, scorer, args.score_every)
     write_rows(rows, folder / "trajectory.csv")

@@ -157,6 +157,11 @@ def test_micro_study_resumes_from_its_archive(study, tmp_path, capsys) -> None:
     rows = study.read_rows(out / "nb201" / "first_order-s0" / "trajectory.csv")
     assert [x["alpha_steps"] for x in rows] == [2, 4]
     assert all(x["percentile"] is not None for x in rows)  # scored at 2 and at the end
+    # --inspect of one search folder reads its space from the CLI's config.json
+    capsys.readouterr()
+    assert study.main(["--inspect", str(out / "nb201" / "first_order-s0" / "search"),
+                       "--reference", "", "--spaces", "s3r"]) == 0
+    assert '"alpha_steps": 4' in capsys.readouterr().out
     # archive, continue from a copy of it with a second seed: seed 0 is not run again
     arch = tmp_path / "archive"
     assert study.main(["--out", str(out), "--archive", str(arch)]) == 0
