@@ -14,7 +14,7 @@ on with the next ones (``--resume`` also accepts a copy of the committed table a
 protocol is stored in ``protocol.json`` and must match on resume.
 
     nohup nice -n 19 env OMP_NUM_THREADS=1 python bench/cell_reference.py \\
-        --out /work/runs/cell_reference --cells 160 --resume &
+        --out /work/runs/cell_reference --cells 600 --epochs 12 --resume &
     python bench/cell_reference.py --out /work/runs/cell_reference --report   # summary
     python bench/cell_reference.py --time_one                                  # cost of one cell
 
@@ -296,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/cell_reference")
-    p.add_argument("--cells", type=int, default=160, help="distinct cells in the table")
+    p.add_argument("--cells", type=int, default=600, help="distinct cells in the table")
     p.add_argument("--resume", action="store_true", help="continue the table in --out")
     p.add_argument("--report", action="store_true", help="print the summary of --out")
     p.add_argument("--time_one", action="store_true",
@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fold_seed", type=int, default=0)
     g.add_argument("--channels", type=int, default=8)
     g.add_argument("--layers", type=int, default=1, help="cells per stage")
-    g.add_argument("--epochs", type=int, default=8)
+    g.add_argument("--epochs", type=int, default=12)
     g.add_argument("--batch_size", type=int, default=64)
     g.add_argument("--lr", type=float, default=0.05)
     g.add_argument("--momentum", type=float, default=0.9)
