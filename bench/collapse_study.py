@@ -405,6 +405,13 @@ def report(args: argparse.Namespace) -> str:
     out = Path(args.out)
     results = _results(out)
     lines = []
+    if args.reference and (Path(args.reference) / "cells.jsonl").is_file():
+        # percentiles against the table as it is now (it may have grown since a run was scored)
+        table = [t["acc"] for t in cell_reference.load_table(args.reference)]
+        for r in results:
+            if r.get("cv_acc") is not None:
+                r["percentile"] = cell_reference.percentile(r["cv_acc"], table)
+        lines += [f"Reference percentiles against {args.reference} ({len(table)} cells).", ""]
     for space in sorted({r["space"] for r in results}):
         by_arm: dict[str, list[dict[str, Any]]] = {}
         for r in sorted(results, key=lambda r: r["seed"]):

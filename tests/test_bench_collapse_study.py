@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,7 @@ def test_report_and_verdict_on_a_fake_archive(study, tmp_path) -> None:
     _fake_archive(root, study, [1] * 8, [60.0 + s for s in range(8)])
     plot = tmp_path / "p.png"
     text = study.report(study.build_parser().parse_args(["--out", str(root), "--report",
-                                                         "--plot", str(plot)]))
+                                                         "--reference", "", "--plot", str(plot)]))
     assert plot.is_file() and (root / "report.md").read_text() == text
     assert "| first_order | 8 | 0 | 8 | 0 | 0.00 +- 0.00 [0.00, 0.00] (n=8) | 13.5 +-" in text
     assert "| amended_0.1 | 8 | 0 | 0 | 0 | 1.00 +- 0.00 [1.00, 1.00] (n=8) | 63.5 +-" in text
@@ -178,5 +179,21 @@ def test_micro_study_resumes_from_its_archive(study, tmp_path, capsys) -> None:
         study.main([*base, "--arms", "first_order", "--resume", "--max_alpha_steps", "8"])
     text = (again / "report.md").read_text()
     assert "| first_order | 2 |" in text and "Verdict: not yet" in text
+    assert "Reference percentiles against" in text and "(3 cells)" in text
+    # the report re-scores the runs' CV accuracies against the table as it is now
+    with open(table / "cells.jsonl", "a") as fh:
+        for k in range(5):
+            fh.write(json.dumps({"genotype": ref.sample_cells(9, 0)[3 + k][0],
+                                 "acc": 2.0, "nll": 0.0, "n": 1797}) + "\n")
+    before = study._results(again)
+    args = study.build_parser().parse_args([*base, "--report", "--plot", ""])
+    text = study.report(args)
+    assert "(8 cells)" in text and study._results(again) == before  # stored rows unchanged
+    # every run's cell is now below the 5 added rows: percentile <= 3/8, as recomputed here
+    pct = [float(x) for x in text.split("| first_order | 2 |")[1].split("|")[4].split()[:1]]
+    assert "reference percentile" in text.split("| first_order | 2 |")[0].split("\n")[-3]
+    accs = [t["acc"] for t in ref.load_table(table)]
+    expected = statistics.fmean(ref.percentile(r["cv_acc"], accs) for r in before)
+    assert pct and pct[0] == pytest.approx(expected, abs=0.051) and pct[0] <= 100 * 3 / 8
     with open(again / "nb201" / "first_order-s1" / "trajectory.csv", newline="") as fh:
         assert next(csv.reader(fh)) == list(study.TRAJ_FIELDS)
