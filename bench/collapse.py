@@ -9,8 +9,10 @@ genotype is unchanged) or an alpha-step cap, then re-trains the final genotype w
 ``darts-amend train``. Alpha steps are counted, not epochs.
 
 Estimators: ``first_order``; ``unrolled`` (second-order DARTS with finite differences, upstream
-parity); ``amended_<eta>`` (exact products, e.g. ``amended_0.1``, ``amended_1``); also
-``unrolled_exact`` and ``amended_fd_<eta>``.
+parity; also ``unrolled_fd``); ``amended_<eta>`` (exact products, e.g. ``amended_0.1``,
+``amended_1``); also ``unrolled_exact``, ``amended_fd_<eta>`` and ``implicit_cg`` (10 CG steps).
+bench/collapse_study.py builds the issue-17 study (more metrics, reference percentiles, tests
+per arm) on these functions.
 
 Resumable: every run keeps the CLI's own checkpoint (written every epoch and on Ctrl-C / SIGTERM);
 ``--resume`` continues unfinished runs and skips the ones already in ``results.jsonl``. The study's
@@ -67,8 +69,10 @@ def estimator_flags(name: str) -> list[str]:
     """CLI flags of an estimator label."""
     if name == "first_order":
         return ["--estimator", "first_order"]
-    if name == "unrolled":
+    if name in ("unrolled", "unrolled_fd"):
         return ["--estimator", "unrolled", "--hvp_mode", "finite_difference"]
+    if name == "implicit_cg":  # the accurate-gradient control: 10 CG steps on H x = v
+        return ["--estimator", "implicit_cg", "--hvp_mode", "exact", "--cg_iterations", "10"]
     if name == "unrolled_exact":
         return ["--estimator", "unrolled", "--hvp_mode", "exact"]
     for prefix, mode in (("amended_fd_", "finite_difference"), ("amended_", "exact")):
@@ -78,8 +82,8 @@ def estimator_flags(name: str) -> list[str]:
             except ValueError:
                 break
             return ["--estimator", "amended", "--eta", f"{eta:g}", "--hvp_mode", mode]
-    raise ValueError(f"unknown estimator label {name!r} (first_order, unrolled, unrolled_exact, "
-                     f"amended_<eta>, amended_fd_<eta>)")
+    raise ValueError(f"unknown estimator label {name!r} (first_order, unrolled, unrolled_fd, "
+                     f"unrolled_exact, implicit_cg, amended_<eta>, amended_fd_<eta>)")
 
 
 def threshold_for(space: str, threshold: float | None) -> float:
@@ -107,6 +111,8 @@ def search_argv(s: dict[str, Any], space: str, estimator: str, seed: int, out: P
             "--converge_threshold", f"{threshold_for(space, s['threshold']):g}",
             "--seed", str(seed), "--threads", "1", "--no-progress", "--no-plots", "-q",
             "--output", str(out), *estimator_flags(estimator)]
+    if s.get("diag_every"):  # alpha-Hessian eigenvalue + alignment with implicit CG
+        argv += ["--diag_every", str(s["diag_every"])]
     if time_limit:
         argv += ["--time_limit", f"{time_limit:g}"]
     return argv

@@ -37,7 +37,9 @@ are left exactly as found, so turning diagnostics on does not change the search 
 Building blocks: :func:`alignment`, :func:`dense_hypergradient`, :func:`dominant_eigenvalue`,
 :func:`lanczos` / :func:`power_iteration` (any symmetric ``matvec`` closure),
 :func:`edge_entropy`, :func:`skip_share`, :func:`kept_ops`, :func:`kept_weights`,
-:func:`convergence_rule`, :func:`eigen_early_stop`, :func:`read_metrics`, :func:`plot_run`.
+:func:`convergence_rule`, :func:`eigen_early_stop`, :func:`read_metrics`, :func:`plot_run`;
+:func:`live_paths` / :func:`genotype_paths` (parametric ops on live input-to-output paths, a
+disconnected flag) and :func:`nb201_canonical` (NB201 cells up to isomorphism).
 See docs/diagnostics.md for what each signal means and what it costs.
 """
 from __future__ import annotations
@@ -53,11 +55,13 @@ from .collapse import (
                        skip_share,
 )
 from .epoch import collapse_signals, epoch_diagnostics
+from .paths import CellPaths, genotype_paths, live_paths, nb201_canonical
 from .plots import FIGURE_NAME, plot_run, read_metrics
 from .spectral import EigenResult, dominant_eigenvalue, lanczos, power_iteration
 
 __all__ = [
     "AlignmentReport",
+    "CellPaths",
     "EarlyStopDecision",
     "EigenResult",
     "EstimatorAlignment",
@@ -70,9 +74,12 @@ __all__ = [
     "edge_entropy",
     "eigen_early_stop",
     "epoch_diagnostics",
+    "genotype_paths",
     "kept_ops",
     "kept_weights",
     "lanczos",
+    "live_paths",
+    "nb201_canonical",
     "plot_run",
     "power_iteration",
     "read_metrics",

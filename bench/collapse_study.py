@@ -1,0 +1,567 @@
+"""Collapse study (issue 17): many seeds per arm, ground-truth cell scores, pre-registered tests.
+
+Built on bench/collapse.py (its search commands, resumable phases, signal handling). Per run:
+``darts-amend search`` until the convergence rule has held for ``--stable`` epochs or the
+alpha-step cap, with ``--diag_every`` (alpha-Hessian eigenvalue, cosine of amended's g2' with
+implicit CG's g2); then, from the run's ``metrics.jsonl``, a trajectory with the live-path
+metric (``darts_amend.diagnostics.live_paths``: parametric ops on live input-to-output paths,
+disconnected / degenerate flags), parameter-free shares, kept-op weight minimum, validation
+accuracy, eigenvalue and cosine; and (``nb201``) the final cell's k-fold CV accuracy under the
+reference protocol and its percentile in the reference table (bench/cell_reference.py), also
+every ``--score_every`` alpha steps along the run (distinct cells evaluated once, cached in
+``--out/cv_cache.jsonl``; a cell in the reference table reuses its row).
+
+The report (``--report``) gives per-arm tables (mean, sd, range), exact one-sided Mann-Whitney
+p-values and effect sizes (Vargha-Delaney A, Hodges-Lehmann shift) against ``first_order`` and
+``unrolled_fd``, the verdict of the criteria pre-registered in docs/benchmarks.md, and a plot of
+live parametric ops and reference percentile against alpha steps.
+
+    python bench/collapse_study.py --out /work/runs/study --nice 19 --resume   # setting W
+    python bench/collapse_study.py --out /work/runs/study_s --subset 0.2 --arch_lr 3e-2 \\
+        --nice 19 --resume                                                      # setting S
+    python bench/collapse_study.py --out /work/runs/study --report --plot bench/collapse_study.png
+    python bench/collapse_study.py --out /work/runs/study --archive bench/results/collapse_study
+
+A copy of an archive under ``--out`` continues the study with ``--resume`` (finished runs are
+skipped; unfinished ones start over).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import shutil
+import signal
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cell_reference  # noqa: E402  (bench/ siblings)
+import collapse  # noqa: E402
+
+ARMS = ("first_order", "unrolled_exact", "unrolled_fd", "amended_0.1", "amended_1", "implicit_cg")
+BASELINES = ("first_order", "unrolled_fd")
+PRIMARY = "amended_0.1"
+STUDY_KEYS = (*collapse.STUDY_KEYS, "diag_every")
+TRAJ_FIELDS = ("alpha_steps", "pf_share", "pf_share_genotype", "kept_weight_min",
+               "converged_epochs", "live_parametric", "disconnected", "degenerate", "valid_acc",
+               "eig_alphas", "cos_g2", "percentile", "cv_acc", "genotype", "step_seconds",
+               "epoch_seconds")
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _midranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def mann_whitney_greater(x: list[float], y: list[float]) -> dict[str, float]:
+    """One-sided Mann-Whitney test of H1: x tends to be larger than y. ``U`` = number of pairs
+    with x > y plus half the ties; ``p`` = P(U' >= U) over all C(n, n_x) re-labellings of the
+    pooled mid-ranks (exact, ties included); a normal approximation (tie-corrected) above
+    200,000 re-labellings. Also the effect sizes ``A`` = U / (n_x n_y) (Vargha-Delaney) and
+    ``hl`` (Hodges-Lehmann: median of all pairwise differences x - y)."""
+    if not x or not y:
+        raise ValueError("mann_whitney_greater: both samples need values")
+    nx, ny = len(x), len(y)
+    ranks = _midranks(list(x) + list(y))
+    # U_x = R_x - nx (nx + 1) / 2 with mid-ranks counts ties as 1/2
+    u = sum(ranks[:nx]) - nx * (nx + 1) / 2
+    n = nx + ny
+    if math.comb(n, nx) <= 200_000:
+        total = hits = 0
+        for idx in itertools.combinations(range(n), nx):
+            total += 1
+            if sum(ranks[i] for i in idx) - nx * (nx + 1) / 2 >= u - 1e-9:
+                hits += 1
+        p = hits / total
+    else:
+        counts: dict[float, int] = {}
+        for r in ranks:
+            counts[r] = counts.get(r, 0) + 1
+        tie = sum(t ** 3 - t for t in counts.values())
+        var = nx * ny / 12 * ((n + 1) - tie / (n * (n - 1)))
+        z = (u - nx * ny / 2 - 0.5) / math.sqrt(var) if var > 0 else 0.0
+        p = 0.5 * math.erfc(z / math.sqrt(2))
+    diffs = sorted(a - b for a in x for b in y)
+    return {"U": u, "p": p, "A": u / (nx * ny), "hl": statistics.median(diffs)}
+
+
+# --------------------------------------------------------------------------- per-run metrics
+
+
+def _genotype_obj(g: dict[str, Any]) -> Any:
+    from darts_amend.supernet import Genotype
+
+    return Genotype.from_dict(g)
+
+
+class CellScorer:
+    """CV accuracy and reference percentile of NB201 cells: the reference row when the cell is
+    in the table, else one evaluation under the reference protocol, cached in ``cache``."""
+
+    def __init__(self, reference: str | Path | None, cache: Path) -> None:
+        self.table = cell_reference.load_table(reference) if reference else []
+        self.protocol = (json.loads((Path(reference) / "protocol.json").read_text())
+                         if reference else None)
+        self.cache_path = cache
+        self.cache: dict[str, dict[str, Any]] = {}
+        if cache.is_file():
+            for line in cache.read_text().splitlines():
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                self.cache.setdefault(r["canonical"], r)
+        self.by_key = {r["canonical"]: r for r in self.table}
+
+    def score(self, genotype: str) -> dict[str, Any] | None:
+        if not self.table:
+            return None
+        from darts_amend.diagnostics.paths import nb201_canonical
+        from darts_amend.supernet import NB201Genotype
+
+        key = nb201_canonical(NB201Genotype.from_string(genotype))
+        row = self.by_key.get(key) or self.cache.get(key)
+        if row is None:
+            r = cell_reference.evaluate_cell(genotype, self.protocol)
+            row = {"canonical": key, "genotype": genotype, "acc": r["acc"], "nll": r["nll"],
+                   "seconds": r["seconds"]}
+            self.cache[key] = row
+            with open(self.cache_path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        return {"cv_acc": row["acc"], "cv_nll": row["nll"], "in_reference": key in self.by_key,
+                "percentile": cell_reference.percentile(row["acc"],
+                                                        [t["acc"] for t in self.table])}
+
+
+def run_trajectory(search_dir: Path, space: str, scorer: CellScorer | None,
+                   score_every: int) -> list[dict[str, Any]]:
+    """Per epoch of a search: the fields of :data:`TRAJ_FIELDS` (percentile / cv_acc on the
+    first epoch past every ``score_every`` alpha steps and on the last epoch, nb201 only)."""
+    from darts_amend.diagnostics import read_metrics
+    from darts_amend.diagnostics.paths import genotype_paths
+    from darts_amend.supernet import get_space, parameter_free_share
+
+    spec = get_space(space)
+    records = read_metrics(search_dir / "metrics.jsonl")
+    rows, next_score = [], score_every
+    for k, r in enumerate(records):
+        g = _genotype_obj(r["genotype"])
+        paths = genotype_paths(g)
+        pf = parameter_free_share(spec, r["alphas"])
+        row = {"alpha_steps": r["alpha_steps"], **pf,
+               "kept_weight_min": r.get("collapse/kept_weight_min"),
+               "converged_epochs": r.get("converged_epochs"),
+               "live_parametric": paths.live_parametric, "disconnected": int(paths.disconnected),
+               "degenerate": int(paths.degenerate), "valid_acc": r.get("valid_acc"),
+               "eig_alphas": r.get("eig/alphas"), "cos_g2": r.get("align/amended/cos_g2"),
+               "percentile": None, "cv_acc": None,
+               "genotype": json.dumps(r["genotype"], separators=(",", ":")),
+               "step_seconds": r.get("step_seconds"), "epoch_seconds": r.get("epoch_seconds")}
+        last = k == len(records) - 1
+        if scorer is not None and space == "nb201" and (last or (
+                score_every and r["alpha_steps"] >= next_score)):
+            s = scorer.score(r["genotype"]["nb201"])
+            if s is not None:
+                row["percentile"], row["cv_acc"] = s["percentile"], s["cv_acc"]
+            while score_every and next_score <= r["alpha_steps"]:
+                next_score += score_every
+        rows.append(row)
+    return rows
+
+
+def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(TRAJ_FIELDS))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    ints = ("alpha_steps", "converged_epochs", "live_parametric", "disconnected", "degenerate")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{k: (None if v == "" else v if k == "genotype" else int(v) if k in ints
+                 else float(v)) for k, v in r.items()} for r in rows]
+
+
+def run_summary(rows: list[dict[str, Any]], stable: int, window: int = 1000) -> dict[str, Any]:
+    """The per-run numbers of the study from its trajectory."""
+    last = rows[-1]
+    steps_to_rule = next((r["alpha_steps"] for r in rows
+                          if (r["converged_epochs"] or 0) >= stable), None)
+    recent = [r for r in rows if r["alpha_steps"] > last["alpha_steps"] - window]
+    first = rows.index(recent[0])
+    changes = sum(rows[i]["genotype"] != rows[i - 1]["genotype"]
+                  for i in range(max(first, 1), len(rows)))
+    eig = [r["eig_alphas"] for r in rows if r["eig_alphas"] is not None]
+    cos = [r["cos_g2"] for r in rows if r["cos_g2"] is not None]
+    return {"alpha_steps": last["alpha_steps"], "steps_to_rule": steps_to_rule,
+            "genotype_changes_last_1000": changes, "live_parametric": last["live_parametric"],
+            "disconnected": bool(last["disconnected"]), "degenerate": bool(last["degenerate"]),
+            "pf_share": last["pf_share"], "pf_share_genotype": last["pf_share_genotype"],
+            "kept_weight_min": last["kept_weight_min"], "valid_acc": last["valid_acc"],
+            "eig_last": eig[-1] if eig else None, "eig_max": max(eig) if eig else None,
+            "cos_g2_mean": statistics.fmean(cos) if cos else None,
+            "percentile": last["percentile"], "cv_acc": last["cv_acc"],
+            "genotype": json.loads(last["genotype"])}
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _scorer(args: argparse.Namespace) -> CellScorer:
+    return CellScorer(args.reference, Path(args.out) / "cv_cache.jsonl")
+
+
+def run_one(study: dict[str, Any], space: str, arm: str, seed: int, args: argparse.Namespace,
+            scorer: CellScorer) -> dict[str, Any] | None:
+    base = Path(args.out) / space / f"{arm}-s{seed}"
+    base.mkdir(parents=True, exist_ok=True)
+    s = collapse._phase("search", collapse.search_argv(study, space, arm, seed, base / "search",
+                                                       args.run_time_limit),
+                        base / "search", base / "search.log", args)
+    if s is None or collapse._stop.is_set():
+        return None
+    rows = run_trajectory(base / "search", space, scorer, args.score_every)
+    write_rows(rows, base / "trajectory.csv")
+    return {"space": space, "arm": arm, "seed": seed, "stop_reason": s["stop_reason"],
+            "converged": s["stop_reason"] == "converged", **run_summary(rows, study["stable"])}
+
+
+def _results(out: Path) -> list[dict[str, Any]]:
+    p = out / "results.jsonl"
+    rows = {}
+    if p.is_file():
+        for line in p.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                rows[(r["space"], r["arm"], r["seed"])] = r
+    return list(rows.values())
+
+
+def _study(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out)
+    study = {k: getattr(args, k) for k in STUDY_KEYS}
+    stored = out / "study.json"
+    if stored.is_file():
+        if not args.resume:
+            raise SystemExit(f"collapse_study.py: {out} holds a study; pass --resume")
+        old = json.loads(stored.read_text())
+        diff = {k: (old.get(k), study[k]) for k in STUDY_KEYS if old.get(k) != study[k]}
+        if diff:
+            raise SystemExit(f"collapse_study.py: --resume with other settings: {diff}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        stored.write_text(json.dumps(study, indent=2) + "\n")
+    return study
+
+
+def run_study(args: argparse.Namespace) -> int:
+    for arm in args.arms:
+        collapse.estimator_flags(arm)  # unknown labels fail before anything runs
+    study = _study(args)
+    out = Path(args.out)
+    scorer = _scorer(args)
+    done = {(r["space"], r["arm"], r["seed"]) for r in _results(out)}
+    # seed-major order: every arm gets seed k before any arm gets seed k + 1
+    todo = [(sp, arm, seed) for sp in args.spaces for seed in args.seeds for arm in args.arms
+            if (sp, arm, seed) not in done]
+    print(f"collapse_study.py: {len(todo)} runs to do, {len(done)} finished in {out}", flush=True)
+    if not args.inprocess:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, collapse._forward_signal)
+    failures = 0
+    for item in todo:
+        if collapse._stop.is_set():
+            break
+        try:
+            r = run_one(study, *item, args, scorer)
+        except RuntimeError as err:
+            failures += 1
+            print(f"collapse_study.py: FAILED {item}: {err}", flush=True)
+            continue
+        if r is None:
+            continue
+        with open(out / "results.jsonl", "a") as fh:
+            fh.write(json.dumps(r) + "\n")
+        print(f"collapse_study.py: {r['space']} {r['arm']} seed {r['seed']}: {r['stop_reason']} "
+              f"after {r['alpha_steps']} alpha steps; live parametric ops {r['live_parametric']}"
+              f"{' (disconnected)' if r['disconnected'] else ''}; percentile {r['percentile']}",
+              flush=True)
+    report(args)
+    return 1 if failures else (130 if collapse._stop.is_set() else 0)
+
+
+def archive(args: argparse.Namespace) -> int:
+    """Copy results, study settings, the CV cache and per-run trajectories / summaries / logs
+    (no checkpoints, no metrics.jsonl) to ``--archive DIR``."""
+    out, dest = Path(args.out), Path(args.archive)
+    finished = _results(out)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("study.json", "cv_cache.jsonl"):
+        if (out / name).is_file():
+            shutil.copy2(out / name, dest / name)
+    for r in finished:
+        run = Path(r["space"]) / f"{r['arm']}-s{r['seed']}"
+        (dest / run / "search").mkdir(parents=True, exist_ok=True)
+        for name in ("trajectory.csv", "search.log"):
+            if (out / run / name).is_file():
+                shutil.copy2(out / run / name, dest / run / name)
+        for name in ("summary.json", "genotype.json", "config.json"):
+            if (out / run / "search" / name).is_file():
+                shutil.copy2(out / run / "search" / name, dest / run / "search" / name)
+    with open(dest / "results.jsonl", "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in finished)
+    print(f"collapse_study.py: {len(finished)} finished runs archived in {dest}")
+    return 0
+
+
+# --------------------------------------------------------------------------- report
+
+METRICS = (("live_parametric", "live parametric ops", ".2f"),
+           ("percentile", "reference percentile", ".1f"),
+           ("cv_acc", "CV accuracy", ".4f"),
+           ("pf_share", "pf share (top op)", ".2f"),
+           ("pf_share_genotype", "pf share (genotype)", ".2f"),
+           ("kept_weight_min", "kept-op weight min", ".3f"),
+           ("alpha_steps", "alpha steps", ".0f"),
+           ("steps_to_rule", "steps to rule", ".0f"),
+           ("genotype_changes_last_1000", "genotype changes (last 1,000 steps)", ".1f"),
+           ("valid_acc", "search valid acc", ".4f"),
+           ("eig_last", "alpha-Hessian eigenvalue (last)", ".3g"),
+           ("cos_g2_mean", "cos(g2', CG g2), mean", ".3f"))
+
+
+def _stats(xs: list[Any], fmt: str) -> str:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not xs:
+        return "-"
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return (f"{format(statistics.fmean(xs), fmt)} +- {format(sd, fmt)} "
+            f"[{format(min(xs), fmt)}, {format(max(xs), fmt)}] (n={len(xs)})")
+
+
+def verdict(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The pre-registered criteria (docs/benchmarks.md) applied to one setting's finished runs."""
+    need = (*BASELINES, PRIMARY)
+    if any(len(by_arm.get(a, [])) < 8 for a in need):
+        have = {a: len(by_arm.get(a, [])) for a in need}
+        return [f"Verdict: not yet (the criteria need 8 finished seeds of {', '.join(need)}; "
+                f"have {have})."]
+    if any(r["percentile"] is None for a in need for r in by_arm[a]):
+        return ["Verdict: none for this space (the criteria use the reference percentile, which "
+                "exists for nb201 only)."]
+    deg = {a: sum(r["degenerate"] for r in by_arm[a]) for a in by_arm}
+    c1 = all(deg[a] >= 6 for a in BASELINES)
+    tests = {b: mann_whitney_greater([r["percentile"] for r in by_arm[PRIMARY]],
+                                     [r["percentile"] for r in by_arm[b]]) for b in BASELINES}
+    med = statistics.median(r["percentile"] for r in by_arm[PRIMARY])
+    lines = ["Degenerate runs: " + ", ".join(f"{a} {deg[a]}/{len(by_arm[a])}" for a in by_arm),
+             f"Primary tests ({PRIMARY} percentile > baseline): " + "; ".join(
+                 f"vs {b}: p = {t['p']:.4g}, A = {t['A']:.2f}, HL = {t['hl']:+.1f}"
+                 for b, t in tests.items()) + f"; {PRIMARY} median percentile {med:.1f}."]
+    if not c1:
+        lines.append("Verdict: C1 fails (the DARTS baselines do not end degenerate in >= 6 of 8 "
+                     "seeds each): this setting cannot test the claim.")
+        return lines
+    confirm = (deg[PRIMARY] <= 2 and med >= 50
+               and all(t["p"] < 0.01 and t["A"] >= 0.85 for t in tests.values()))
+    refute = deg[PRIMARY] >= deg["first_order"] or any(t["p"] > 0.1 for t in tests.values())
+    if confirm:
+        cg = deg.get("implicit_cg")
+        mech = ("" if cg is None else " Mechanism: implicit_cg degenerate in "
+                f"{cg}/{len(by_arm['implicit_cg'])}: " + (
+                    "consistent with gradient accuracy." if cg <= 2 else
+                    "amended works as a regulariser, not by gradient accuracy." if cg >= 6 else
+                    "undecided."))
+        lines.append("Verdict: CONFIRMED by the pre-registered criteria." + mech)
+    elif refute:
+        lines.append("Verdict: REFUTED by the pre-registered criteria.")
+    else:
+        lines.append("Verdict: inconclusive (neither the confirm nor the refute criteria hold).")
+    return lines
+
+
+def report(args: argparse.Namespace) -> str:
+    out = Path(args.out)
+    results = _results(out)
+    lines = []
+    if args.reference and (Path(args.reference) / "cells.jsonl").is_file():
+        # percentiles against the table as it is now (it may have grown since a run was scored)
+        table = [t["acc"] for t in cell_reference.load_table(args.reference)]
+        for r in results:
+            if r.get("cv_acc") is not None:
+                r["percentile"] = cell_reference.percentile(r["cv_acc"], table)
+        lines += [f"Reference percentiles against {args.reference} ({len(table)} cells).", ""]
+    for space in sorted({r["space"] for r in results}):
+        by_arm: dict[str, list[dict[str, Any]]] = {}
+        for r in sorted(results, key=lambda r: r["seed"]):
+            if r["space"] == space:
+                by_arm.setdefault(r["arm"], []).append(r)
+        arms = [a for a in ARMS if a in by_arm] + sorted(a for a in by_arm if a not in ARMS)
+        lines += [f"### {space}", "", "| arm | runs | converged | degenerate | disconnected | "
+                  + " | ".join(m[1] for m in METRICS) + " |",
+                  "|---|---:|---:|---:|---:|" + "---|" * len(METRICS)]
+        for a in arms:
+            rs = by_arm[a]
+            lines.append(f"| {a} | {len(rs)} | {sum(r['converged'] for r in rs)} | "
+                         f"{sum(r['degenerate'] for r in rs)} | "
+                         f"{sum(r['disconnected'] for r in rs)} | "
+                         + " | ".join(_stats([r[k] for r in rs], f) for k, _, f in METRICS)
+                         + " |")
+        lines += ["", "One-sided exact Mann-Whitney, H1: arm > baseline (p, Vargha-Delaney A, "
+                  "Hodges-Lehmann shift):", "",
+                  "| arm | baseline | percentile | live parametric ops |", "|---|---|---|---|"]
+        for a in arms:
+            for b in BASELINES:
+                if a == b or b not in by_arm:
+                    continue
+                cells = []
+                for k in ("percentile", "live_parametric"):
+                    x = [r[k] for r in by_arm[a] if r[k] is not None]
+                    y = [r[k] for r in by_arm[b] if r[k] is not None]
+                    if x and y:
+                        t = mann_whitney_greater(x, y)
+                        cells.append(f"p = {t['p']:.3g}, A = {t['A']:.2f}, HL = {t['hl']:+.2f}")
+                    else:
+                        cells.append("-")
+                lines.append(f"| {a} | {b} | {cells[0]} | {cells[1]} |")
+        lines += ["", *verdict(by_arm), ""]
+    if results and args.plot:
+        plot(out, results, Path(args.plot))
+        lines.append(f"![live parametric ops and reference percentile against alpha steps]"
+                     f"({args.plot})")
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    return text
+
+
+def plot(out: Path, results: list[dict[str, Any]], path: Path) -> None:
+    """Two rows per space: live parametric ops, reference percentile; a colour per arm."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    spaces = sorted({r["space"] for r in results})
+    fig = Figure(figsize=(5.0 * len(spaces), 6.4), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, len(spaces), squeeze=False)
+    arms = [a for a in ARMS if any(r["arm"] == a for r in results)] + sorted(
+        {r["arm"] for r in results} - set(ARMS))
+    for col, space in enumerate(spaces):
+        for i, arm in enumerate(arms):
+            first = True
+            for r in (r for r in results if r["space"] == space and r["arm"] == arm):
+                rows = read_rows(out / space / f"{arm}-s{r['seed']}" / "trajectory.csv")
+                if not rows:
+                    continue
+                jitter = 0.08 * (i - len(arms) / 2)  # separate overlapping integer lines
+                axes[0][col].plot([x["alpha_steps"] for x in rows],
+                                  [x["live_parametric"] + jitter for x in rows], lw=0.8,
+                                  alpha=0.7, color=f"C{i}", label=arm if first else None)
+                pts = [(x["alpha_steps"], x["percentile"]) for x in rows
+                       if x["percentile"] is not None]
+                if pts:
+                    axes[1][col].plot(*zip(*pts, strict=True), marker="o", ms=2.5, lw=0.8,
+                                      alpha=0.7, color=f"C{i}")
+                first = False
+        axes[0][col].set(title=space, ylabel="live parametric ops")
+        axes[1][col].set(xlabel="alpha steps", ylabel="reference percentile", ylim=(-2, 102))
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = collapse.build_parser()
+    p.description = __doc__.splitlines()[0]
+    p.set_defaults(out="runs/collapse_study", spaces=["nb201"], estimators=None, subset=1.0,
+                   arch_lr=1e-2, max_alpha_steps=10000, seeds=list(range(8)),
+                   plot="bench/collapse_study.png")
+    p.add_argument("--arms", nargs="+", default=list(ARMS))
+    p.add_argument("--reference", default="bench/results/cell_reference",
+                   help="cell reference table (bench/cell_reference.py) for the percentiles; "
+                        "'' for none")
+    p.add_argument("--score_every", type=int, default=1000,
+                   help="score the cell (CV accuracy, percentile) every N alpha steps (0: only "
+                        "the final cell)")
+    p.add_argument("--inspect", default=None, metavar="SEARCH_DIR",
+                   help="print the per-run metrics of one search folder (writes its "
+                        "trajectory.csv and cv_cache.jsonl there) and exit")
+    p.add_argument("--diag_every", type=int, default=10,
+                   help="epochs between alpha-Hessian eigenvalue / alignment measurements")
+    return p
+
+
+def inspect(args: argparse.Namespace) -> int:
+    """Per-run metrics of one search folder (a pilot run, or a study run in progress): its
+    trajectory every ``--score_every`` alpha steps and its summary."""
+    folder = Path(args.inspect)
+    if not (folder / "metrics.jsonl").is_file():
+        raise SystemExit(f"collapse_study.py: no metrics.jsonl in {folder}")
+    config = json.loads((folder / "config.json").read_text())
+    config = config.get("config", config)  # the CLI nests the resolved settings
+    space = config.get("space", args.spaces[0])
+    stable = config.get("until_converged") or 10
+    scorer = CellScorer(args.reference, folder / "cv_cache.jsonl") if args.reference else None
+    rows = run_trajectory(folder, space, scorer, args.score_every)
+    write_rows(rows, folder / "trajectory.csv")
+    print("| alpha steps | live parametric ops | disconnected | pf share (top / genotype) | "
+          "kept-op weight min | valid acc | eig (alphas) | cos(g2', CG g2) | percentile | "
+          "genotype |\n|---:|---:|---|---|---:|---:|---:|---:|---:|---|")
+
+    def fmt(v: float | None, f: str) -> str:
+        return "-" if v is None else format(v, f)
+
+    for r in rows:
+        if r["percentile"] is None and r is not rows[-1]:
+            continue
+        g = json.loads(r["genotype"])
+        print(f"| {r['alpha_steps']} | {r['live_parametric']} | {bool(r['disconnected'])} | "
+              f"{r['pf_share']:.2f} / {r['pf_share_genotype']:.2f} | "
+              f"{fmt(r['kept_weight_min'], '.3f')} | {fmt(r['valid_acc'], '.3f')} | "
+              f"{fmt(r['eig_alphas'], '.3g')} | {fmt(r['cos_g2'], '.2f')} | "
+              f"{fmt(r['percentile'], '.1f')} | `{g.get('nb201', '')}` |")
+    print(json.dumps(run_summary(rows, stable)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.estimators:
+        raise SystemExit("collapse_study.py: use --arms")
+    if args.inspect:
+        return inspect(args)
+    if args.report:
+        print(report(args))
+        return 0
+    if args.archive:
+        return archive(args)
+    return run_study(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

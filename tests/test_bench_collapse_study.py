@@ -1,0 +1,199 @@
+"""bench/collapse_study.py: the exact Mann-Whitney test against scipy, the report and the
+pre-registered verdict on a tiny fake archive, and a micro study that resumes from its archive."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+from helpers import one_thread  # noqa: F401  (autouse fixture: one intra-op thread per test)
+
+_BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", _BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def study():
+    return _load("collapse_study")
+
+
+def test_mann_whitney_matches_scipy(study) -> None:
+    scipy_stats = pytest.importorskip("scipy.stats")
+    x, y = [3.1, 4.2, 5.0, 6.3, 7.7, 8.1], [1.0, 2.5, 3.3, 4.0, 4.4, 9.9, 0.2]
+    ours = study.mann_whitney_greater(x, y)
+    ref = scipy_stats.mannwhitneyu(x, y, alternative="greater", method="exact")
+    assert ours["U"] == ref.statistic and ours["p"] == pytest.approx(ref.pvalue, rel=1e-12)
+    # complete separation, 8 against 8: p = 1 / C(16, 8)
+    top = study.mann_whitney_greater(list(range(10, 18)), list(range(8)))
+    assert top["p"] == pytest.approx(1 / math.comb(16, 8)) and top["A"] == 1.0
+    assert top["hl"] == 10.0
+    # ties (integer counts): the exact permutation distribution of U
+    a, b = [0, 1, 1, 2, 3, 3, 4, 4], [0, 0, 1, 1, 1, 2, 2, 3]
+
+    def u_stat(p, q, axis=-1):
+        import numpy as np
+
+        p, q = np.asarray(p), np.asarray(q)
+        return ((p[..., :, None] > q[..., None, :]).sum((-1, -2))
+                + 0.5 * (p[..., :, None] == q[..., None, :]).sum((-1, -2)))
+
+    perm = scipy_stats.permutation_test((a, b), u_stat, permutation_type="independent",
+                                        alternative="greater", n_resamples=math.inf,
+                                        vectorized=True)
+    ours = study.mann_whitney_greater(a, b)
+    assert ours["U"] == perm.statistic and ours["p"] == pytest.approx(perm.pvalue, rel=1e-9)
+    assert ours["A"] == pytest.approx(perm.statistic / 64)
+    # the normal approximation (large samples) is close to the exact value
+    big_x, big_y = [i * 0.37 % 5 for i in range(14)], [i * 0.29 % 4 for i in range(13)]
+    exact = scipy_stats.mannwhitneyu(big_x, big_y, alternative="greater", method="asymptotic")
+    assert study.mann_whitney_greater(big_x, big_y)["p"] == pytest.approx(exact.pvalue, abs=1e-6)
+    with pytest.raises(ValueError):
+        study.mann_whitney_greater([], [1.0])
+
+
+def _fake_run(root: Path, arm: str, seed: int, live: int, pct: float, study) -> dict:
+    run = root / "nb201" / f"{arm}-s{seed}"
+    run.mkdir(parents=True)
+    g = {"format": "darts-amend-genotype/1", "nb201": "|skip_connect~0|+|none~0|none~1|+"
+         "|none~0|none~1|skip_connect~2|" if live == 0 else
+         "|nor_conv_3x3~0|+|none~0|none~1|+|none~0|skip_connect~1|none~2|"}
+    rows = []
+    for k, steps in enumerate((100, 200, 300)):
+        rows.append({"alpha_steps": steps, "pf_share": 0.5, "pf_share_genotype": 0.5,
+                     "kept_weight_min": 0.3 + 0.1 * k, "converged_epochs": k,
+                     "live_parametric": live, "disconnected": 0, "degenerate": int(live == 0),
+                     "valid_acc": 0.9, "eig_alphas": 1.0 + k, "cos_g2": 0.5,
+                     "percentile": pct if k != 1 else None, "cv_acc": 0.98 if k != 1 else None,
+                     "genotype": json.dumps(g, separators=(",", ":")), "step_seconds": 0.1,
+                     "epoch_seconds": 1.0})
+    study.write_rows(rows, run / "trajectory.csv")
+    back = study.read_rows(run / "trajectory.csv")
+    assert back[1]["percentile"] is None and back[0]["live_parametric"] == live
+    s = study.run_summary(back, stable=2)
+    assert s["steps_to_rule"] == 300 and s["eig_max"] == 3.0 and s["percentile"] == pct
+    return {"space": "nb201", "arm": arm, "seed": seed, "stop_reason": "epochs",
+            "converged": False, **s}
+
+
+def _fake_archive(root: Path, study, amended_live: list[int], amended_pct: list[float],
+                  seeds: int = 8) -> None:
+    root.mkdir()
+    results = []
+    for seed in range(seeds):
+        results.append(_fake_run(root, "first_order", seed, 0, 10.0 + seed, study))
+        results.append(_fake_run(root, "unrolled_fd", seed, 0 if seed else 1, 5.0 + seed, study))
+        results.append(_fake_run(root, "amended_0.1", seed, amended_live[seed],
+                                 amended_pct[seed], study))
+    (root / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+
+
+def test_report_and_verdict_on_a_fake_archive(study, tmp_path) -> None:
+    root = tmp_path / "confirm"
+    _fake_archive(root, study, [1] * 8, [60.0 + s for s in range(8)])
+    plot = tmp_path / "p.png"
+    text = study.report(study.build_parser().parse_args(["--out", str(root), "--report",
+                                                         "--reference", "", "--plot", str(plot)]))
+    assert plot.is_file() and (root / "report.md").read_text() == text
+    assert "| first_order | 8 | 0 | 8 | 0 | 0.00 +- 0.00 [0.00, 0.00] (n=8) | 13.5 +-" in text
+    assert "| amended_0.1 | 8 | 0 | 0 | 0 | 1.00 +- 0.00 [1.00, 1.00] (n=8) | 63.5 +-" in text
+    p = 1 / math.comb(16, 8)
+    assert f"| amended_0.1 | first_order | p = {p:.3g}, A = 1.00, HL = +50.00 |" in text
+    assert "Degenerate runs: first_order 8/8, unrolled_fd 7/8, amended_0.1 0/8" in text
+    assert "Verdict: CONFIRMED" in text
+    # amended as degenerate as first order: refuted
+    root2 = tmp_path / "refute"
+    _fake_archive(root2, study, [0] * 8, [60.0 + s for s in range(8)])
+    assert "Verdict: REFUTED" in "\n".join(study.verdict(_by_arm(root2, study)))
+    # amended connected but not better ranked: p > 0.1 also refutes; in between: inconclusive
+    root3 = tmp_path / "mixed"
+    _fake_archive(root3, study, [1] * 8, [9.0 + 1.01 * s for s in range(8)])
+    lines = study.verdict(_by_arm(root3, study))
+    assert "Verdict: REFUTED" in lines[-1], lines
+    root4 = tmp_path / "few"
+    _fake_archive(root4, study, [1] * 3, [60.0] * 3, seeds=3)
+    assert study.verdict(_by_arm(root4, study))[0].startswith("Verdict: not yet")
+    no_ref = _by_arm(root, study)
+    for r in no_ref["first_order"]:
+        r["percentile"] = None
+    assert study.verdict(no_ref)[0].startswith("Verdict: none for this space")
+
+
+def _by_arm(root: Path, study) -> dict:
+    out: dict = {}
+    for r in study._results(root):
+        out.setdefault(r["arm"], []).append(r)
+    return out
+
+
+MICRO = ["--subset", "0.1", "--channels", "2", "--batch_size", "16", "--steps_per_epoch", "2",
+         "--max_alpha_steps", "4", "--stable", "1", "--arch_lr", "0.03", "--diag_every", "1",
+         "--score_every", "2", "--inprocess"]
+
+
+def test_micro_study_resumes_from_its_archive(study, tmp_path, capsys) -> None:
+    ref = _load("cell_reference")
+    table = tmp_path / "reference"
+    assert ref.main(["--out", str(table), "--cells", "3", "--folds", "2", "--epochs", "1",
+                     "--channels", "2", "--batch_size", "128"]) == 0
+    out = tmp_path / "study"
+    base = ["--out", str(out), "--reference", str(table), "--plot", str(tmp_path / "s.png"),
+            *MICRO]
+    assert study.main([*base, "--arms", "first_order", "--seeds", "0"]) == 0
+    (r0,) = study._results(out)
+    assert r0["arm"] == "first_order" and r0["alpha_steps"] == 4
+    assert 0.0 <= r0["percentile"] <= 100.0 and 0.0 <= r0["cv_acc"] <= 1.0
+    assert r0["eig_last"] is not None and r0["cos_g2_mean"] is not None
+    rows = study.read_rows(out / "nb201" / "first_order-s0" / "trajectory.csv")
+    assert [x["alpha_steps"] for x in rows] == [2, 4]
+    assert all(x["percentile"] is not None for x in rows)  # scored at 2 and at the end
+    # --inspect of one search folder reads its space from the CLI's config.json
+    capsys.readouterr()
+    assert study.main(["--inspect", str(out / "nb201" / "first_order-s0" / "search"),
+                       "--reference", "", "--spaces", "s3r"]) == 0
+    assert '"alpha_steps": 4' in capsys.readouterr().out
+    # archive, continue from a copy of it with a second seed: seed 0 is not run again
+    arch = tmp_path / "archive"
+    assert study.main(["--out", str(out), "--archive", str(arch)]) == 0
+    assert not list(arch.rglob("checkpoint.pt")) and not list(arch.rglob("metrics.jsonl"))
+    again = tmp_path / "again"
+    shutil.copytree(arch, again)
+    capsys.readouterr()
+    base[1] = str(again)
+    assert study.main([*base, "--arms", "first_order", "--seeds", "0", "1", "--resume"]) == 0
+    assert "1 runs to do, 1 finished" in capsys.readouterr().out
+    res = {r["seed"]: r for r in study._results(again)}
+    assert sorted(res) == [0, 1] and res[0] == r0
+    with pytest.raises(SystemExit):  # other settings than the archived study
+        study.main([*base, "--arms", "first_order", "--resume", "--max_alpha_steps", "8"])
+    text = (again / "report.md").read_text()
+    assert "| first_order | 2 |" in text and "Verdict: not yet" in text
+    assert "Reference percentiles against" in text and "(3 cells)" in text
+    # the report re-scores the runs' CV accuracies against the table as it is now
+    with open(table / "cells.jsonl", "a") as fh:
+        for k in range(5):
+            fh.write(json.dumps({"genotype": ref.sample_cells(9, 0)[3 + k][0],
+                                 "acc": 2.0, "nll": 0.0, "n": 1797}) + "\n")
+    before = study._results(again)
+    args = study.build_parser().parse_args([*base, "--report", "--plot", ""])
+    text = study.report(args)
+    assert "(8 cells)" in text and study._results(again) == before  # stored rows unchanged
+    # every run's cell is now below the 5 added rows: percentile <= 3/8, as recomputed here
+    pct = [float(x) for x in text.split("| first_order | 2 |")[1].split("|")[4].split()[:1]]
+    assert "reference percentile" in text.split("| first_order | 2 |")[0].split("\n")[-3]
+    accs = [t["acc"] for t in ref.load_table(table)]
+    expected = statistics.fmean(ref.percentile(r["cv_acc"], accs) for r in before)
+    assert pct and pct[0] == pytest.approx(expected, abs=0.051) and pct[0] <= 100 * 3 / 8
+    with open(again / "nb201" / "first_order-s1" / "trajectory.csv", newline="") as fh:
+        assert next(csv.reader(fh)) == list(study.TRAJ_FIELDS)
