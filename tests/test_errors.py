@@ -360,3 +360,67 @@ def test_docs_list_every_declared_range():
     from darts_amend.cli.config import ValidRange
 
     assert all(ValidRange.parse(documented[k]) == v for k, v in declared.items())
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_force_run_failing_before_its_first_step_leaves_the_old_run_byte_identical(
+        tmp_path, capsys, monkeypatch):
+    from darts_amend.cli import search as search_mod
+
+    out = tmp_path / "run"
+    assert main(["search", *TINY, "--output", str(out)]) == 0
+    (out / "alphas.png").write_bytes(b"old plot")
+    (out / "plots").mkdir()
+    (out / "plots" / "x.png").write_bytes(b"old sub-plot")
+    (out / "notes.txt").write_text("the user's own file")
+    before = _tree(out)
+    assert {"config.json", "checkpoint.pt", "genotype.json", "summary.json"} <= set(before)
+    # out of memory building the network, after the folder was set up
+    assert main(["search", *TINY, "--init_channels", "1000000", "--force",
+                 "--output", str(out)]) == 2
+    assert "out of memory" in capsys.readouterr().err
+    assert _tree(out) == before and not (out / ".replaced-run").exists()
+    real = search_mod.run_search
+
+    def fail(exc):
+        def run(cfg, ctx):
+            # the new run has set up the folder: its config.json, the old files aside
+            assert (out / ".replaced-run" / "checkpoint.pt").is_file()
+            assert not (out / "checkpoint.pt").exists()
+            raise exc
+        return run
+
+    # Ctrl-C before the first step
+    monkeypatch.setattr(search_mod, "run_search", fail(KeyboardInterrupt()))
+    assert main(["search", *TINY, "--seed", "3", "--force", "--output", str(out)]) == 130
+    assert "interrupted before the first step" in capsys.readouterr().err
+    assert _tree(out) == before
+    # an internal failure before the first step
+    monkeypatch.setattr(search_mod, "run_search", fail(RuntimeError("boom")))
+    assert main(["search", *TINY, "--seed", "3", "--force", "--output", str(out)]) == 1
+    assert _tree(out) == before
+    # the run that takes a step replaces the old files; other files stay
+    monkeypatch.setattr(search_mod, "run_search", real)
+    assert main(["search", *TINY, "--seed", "3", "--force", "--output", str(out)]) == 0
+    after = _tree(out)
+    assert not (out / ".replaced-run").exists() and "alphas.png" not in after
+    assert after["notes.txt"] == before["notes.txt"]
+    assert json.loads(after["config.json"])["config"]["seed"] == 3
+
+
+def test_files_left_aside_by_a_killed_force_run_go_with_the_next_first_step(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["search", *TINY, "--epochs", "2", "--time_limit", "1e-9",
+                 "--output", str(out)]) == 0
+    (out / ".replaced-run").mkdir()  # as a --force run killed (kill -9) before its first step
+    (out / ".replaced-run" / "metrics.jsonl").write_text("{}\n")
+    assert main(["search", "--output", str(out), "--resume", "-q", "--no-progress"]) == 0
+    assert not (out / ".replaced-run").exists()
+    (out / ".replaced-run").mkdir()
+    (out / ".replaced-run" / "metrics.jsonl").write_text("{}\n")
+    assert main(["search", *TINY, "--force", "--output", str(out)]) == 0
+    assert not (out / ".replaced-run").exists()

@@ -153,6 +153,7 @@ def _open_folder(request: RunRequest, cfg: Config, d: Dist) -> RunFolder:
             folder = RunFolder(path)
             if request.resume:
                 folder.check_resumable(command, config_to_dict(cfg))
+                folder.adopt_leftovers()
             else:
                 folder.check_fresh(command, request.force)
                 folder.start(command, config_to_dict(cfg), force=request.force)

@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 RUN_FILES = ("config.json", "metrics.jsonl", CURRENT, PREVIOUS, "genotype.json", "summary.json")
+# where a --force run keeps the files of the run it replaces until its first step succeeded
+ASIDE = ".replaced-run"
 
 
 @dataclass(frozen=True)
@@ -130,18 +132,32 @@ class RunFolder:
         # run wrote, so that the corrected command works in the same folder
         self._provisional = False
         self._created: Path | None = None  # the outermost folder this run created
+        # --force: the replaced run's files wait in ASIDE until the first step succeeded (then
+        # they are deleted) or the run fails before it (then they are put back)
+        self._aside: Path | None = None
 
     @property
     def started(self) -> bool:
         return not self._provisional
 
     def mark_started(self) -> None:
-        """The run's first step succeeded: from now on the folder is kept whatever happens."""
+        """The run's first step succeeded: from now on the folder is kept whatever happens, and
+        the files of a run it replaced (``--force``) are deleted."""
         self._provisional = False
+        if self._aside is not None and self.writer:
+            shutil.rmtree(self._aside, ignore_errors=True)
+        self._aside = None
+
+    def adopt_leftovers(self) -> None:
+        """A resumed run: the replaced files a killed ``--force`` run left in ASIDE belong to
+        no run any more; they are deleted with this run's first step."""
+        if (self.path / ASIDE).is_dir():
+            self._aside = self.path / ASIDE
 
     def discard(self) -> None:
         """Undo :meth:`start` of a run that never took a step (no-op once started, and for a
-        resumed run): remove the run files and plots it wrote, and the folders it created."""
+        resumed run): remove the run files it wrote and the folders it created, and put back
+        the files of the run a ``--force`` replaced."""
         if not (self.writer and self._provisional):
             return
         self._provisional = False
@@ -149,6 +165,11 @@ class RunFolder:
             (self.path / name).unlink(missing_ok=True)
         for tmp in self.path.glob(f".{CURRENT}.*.tmp"):
             tmp.unlink(missing_ok=True)
+        if self._aside is not None:  # --force: the replaced run's files go back
+            for item in self._aside.iterdir():
+                os.replace(item, self.path / item.name)
+            self._aside.rmdir()
+            self._aside = None
         if self._created is None:
             return
         folder = self.path
@@ -232,19 +253,41 @@ class RunFolder:
         except OSError as err:
             raise CLIError(f"cannot create the output folder {self.path}: "
                            f"{err.strerror or err}") from None
-        if force:
-            for name in RUN_FILES:
-                (self.path / name).unlink(missing_ok=True)
-            for png in self.path.glob("*.png"):
-                png.unlink()
-            for sub in ("plots",):
-                shutil.rmtree(self.path / sub, ignore_errors=True)
         self._created, self._provisional = created, True
         try:
+            if force:
+                self._set_aside()
             write_json_atomic(self.path / "config.json", {"command": command, "config": config})
         except CLIError:
             self.discard()
             raise
+
+    def _set_aside(self) -> None:
+        """``--force``: move the old run's files (run files, plots, checkpoint temporaries)
+        into ASIDE inside the folder; renames only, so nothing is copied or lost."""
+        aside = self.path / ASIDE
+        # left by a --force run killed before its first step: those files were already
+        # replaced once, and this --force replaces them again
+        shutil.rmtree(aside, ignore_errors=True)
+        old = [self.path / n for n in RUN_FILES] + sorted(self.path.glob("*.png")) + [
+            self.path / "plots", *sorted(self.path.glob(f".{CURRENT}.*.tmp"))]
+        old = [p for p in old if p.exists()]
+        if not old:
+            return
+        moved: list[Path] = []
+        try:
+            aside.mkdir()
+            for p in old:
+                os.replace(p, aside / p.name)
+                moved.append(p)
+            self._aside = aside
+        except OSError as err:
+            for p in moved:  # put back what was moved; the folder is as it was
+                os.replace(aside / p.name, p)
+            shutil.rmtree(aside, ignore_errors=True)
+            self._provisional = False  # nothing of this run to discard
+            raise CLIError(f"cannot replace the run in {self.path}: {err.strerror or err}"
+                           ) from None
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         if not self.writer:
