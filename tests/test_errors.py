@@ -424,3 +424,45 @@ def test_files_left_aside_by_a_killed_force_run_go_with_the_next_first_step(tmp_
     (out / ".replaced-run" / "metrics.jsonl").write_text("{}\n")
     assert main(["search", *TINY, "--force", "--output", str(out)]) == 0
     assert not (out / ".replaced-run").exists()
+
+
+BARS = [a for a in TINY if a not in ("--no-progress", "-q")]
+
+
+@pytest.mark.parametrize("failure", ["error", "ctrl_c", "finish"])
+def test_messages_start_on_their_own_line_after_a_progress_bar(monkeypatch, tmp_path, failure):
+    """stdout and stderr into one pipe (not a terminal): the bars' text ends in a carriage
+    return, and every message after it must still begin a line."""
+    import io
+    import os
+    import signal
+
+    from darts_amend.cli import search as search_mod
+
+    pipe = io.StringIO()
+    assert not pipe.isatty()
+    monkeypatch.setattr("sys.stdout", pipe)
+    monkeypatch.setattr("sys.stderr", pipe)
+
+    def on_step(epoch, step):
+        if failure == "error":
+            from darts_amend.cli import CLIError
+            raise CLIError("a failure after the first step")
+        if failure == "ctrl_c":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(search_mod, "_on_step", on_step)
+    rc = main(["search", *BARS, "--epochs", "2", "--output", str(tmp_path / "o")])
+    assert rc == {"error": 2, "ctrl_c": 130, "finish": 0}[failure]
+    text = pipe.getvalue()
+    assert "\r" in text  # a bar was drawn
+    expected = {"error": "darts-amend: error: a failure after the first step",
+                "ctrl_c": "darts-amend: interrupted at epoch 1, step 1",
+                "finish": "search finished"}[failure]
+    assert expected in text
+    lines = text.split("\n")
+    assert expected in lines or any(ln.startswith(expected) for ln in lines)
+    for line in lines:  # a line the bars drew on holds nothing else
+        if "\r" in line:
+            assert not any(m in line for m in ("darts-amend", "epoch 1/2", "search finished",
+                                               "metrics:")), repr(line)

@@ -27,26 +27,72 @@ __all__ = ["GracefulInterrupt", "Progress", "RunContext", "RunResult"]
 
 
 class Progress:
-    """tqdm on the main rank when enabled; a no-op bar otherwise."""
+    """tqdm on the main rank when enabled; a no-op bar otherwise.
+
+    The bars draw on stderr through a :class:`_LineTracker`, which remembers whether they left
+    a line without its newline: in a pipe or a log file a bar's text ends in a carriage return,
+    and the next message would continue its line. :meth:`close_all` ends such a line."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._bars: list[Any] = []
+        self._stream: _LineTracker | None = None
 
     def __call__(self, **kwargs: Any) -> Any:
         if self.enabled:
             from tqdm.auto import tqdm
 
-            bar = tqdm(leave=False, dynamic_ncols=True, **kwargs)
+            if self._stream is None or self._stream.stream is not sys.stderr:
+                self._stream = _LineTracker(sys.stderr)
+            bar = tqdm(leave=False, dynamic_ncols=True, file=self._stream, **kwargs)
             self._bars.append(bar)
             return bar
         return _NoBar()
 
     def close_all(self) -> None:
-        """Clear the bars' lines, so that an error message starts on a line of its own."""
+        """Close the bars and make sure that the next message on stderr starts on a line of its
+        own: on a terminal closing clears the bar's line; elsewhere (a pipe, a file) the bar's
+        text stays, and a newline ends it."""
         for bar in self._bars:
             bar.close()
         self._bars.clear()
+        self.end_line()
+
+    def end_line(self) -> None:
+        """End a line a bar left open in a pipe or a file (a no-op on a terminal, where the
+        bar's line is cleared or redrawn), so that the next message starts on its own line."""
+        if self._stream is not None and self._stream.open_line:
+            if not _isatty(self._stream.stream):
+                self._stream.stream.write("\n")
+                self._stream.stream.flush()
+            self._stream.open_line = False
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+class _LineTracker:
+    """A stream that passes everything on and records whether the last text written left a
+    line open (did not end with a newline)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.open_line = False
+
+    def write(self, text: str) -> int:
+        if text:
+            self.open_line = not text.endswith("\n")
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, ...
+        return getattr(self.stream, name)
 
 
 class _NoBar:

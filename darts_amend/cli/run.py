@@ -259,7 +259,7 @@ def run_command(request: RunRequest) -> int:
         ctx = RunContext(
             dist=d, device=device, folder=folder, info=info, train_set=train_set,
             test_set=test_set, split=split, workers=workers, checkpoint=ckpt,
-            progress=progress, echo=_echo if loud else _silent,
+            progress=progress, echo=_Echo(progress) if loud else _silent,
             estimate_time=d.is_main and warn_unsized(request, cfg, device))
         try:
             return _execute(request, cfg, ctx, genotype)
@@ -287,8 +287,16 @@ def run_command(request: RunRequest) -> int:
             dist.destroy_process_group()
 
 
-def _echo(msg: str) -> None:
-    print(msg, flush=True)
+class _Echo:
+    """A progress line on stdout, on a line of its own also where stdout and stderr (the bars)
+    go to the same pipe or file."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def __call__(self, msg: str) -> None:
+        self.progress.end_line()
+        print(msg, flush=True)
 
 
 def _silent(msg: str) -> None:
@@ -313,8 +321,8 @@ def _execute(request: RunRequest, cfg: Config, ctx: RunContext,
                 assert genotype is not None
                 result = run_train(cfg, ctx, genotype)
         except KeyboardInterrupt:
+            ctx.progress.close_all()  # the message below starts on a line of its own
             if not folder.started:  # before the first step: nothing worth keeping
-                ctx.progress.close_all()
                 folder.discard()
                 if d.is_main:
                     print(f"darts-amend: interrupted before the first step; {folder.path} is "
@@ -327,6 +335,7 @@ def _execute(request: RunRequest, cfg: Config, ctx: RunContext,
                       f"\n  continue with: darts-amend {command} --output {folder.path} --resume",
                       file=sys.stderr)
             return 130
+    ctx.progress.close_all()
     if d.is_main:
         _finish(command, cfg, folder, result)
     if d.enabled:

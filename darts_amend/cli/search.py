@@ -227,6 +227,7 @@ def run_search(cfg: SearchConfig, ctx: RunContext) -> RunResult:
             folder.mark_started()  # from here on the folder is kept
             if ctx.estimate_time and step == start_step + 1 and epoch == start_epoch:
                 sec = time.perf_counter() - ts
+                ctx.progress.end_line()
                 print(f"darts-amend: first step {sec:.1f} s: about {sec * n_steps / 60:.0f} min "
                       f"per epoch ({n_steps} steps), {sec * n_steps * cfg.epochs / 3600:.1f} h "
                       f"for {cfg.epochs} epochs (Ctrl-C stops with a checkpoint)",
