@@ -264,9 +264,9 @@ def _cifar(name: str, root, train: bool, download: bool, augment: bool, cutout: 
         ds = cls(str(root), train=train, download=download, transform=transform)
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
         raise DataError(
-            f"{name} not found under {root} (expected {Path(root) / folder}); pass --download to "
-            f"fetch it (needs internet), or copy the python version from "
-            f"https://www.cs.toronto.edu/~kriz/cifar.html there") from err
+            f"{name} not found: no {Path(root) / folder}; pass --download (needs internet) or "
+            f"put the python version from https://www.cs.toronto.edu/~kriz/cifar.html there"
+        ) from err
     nc = 10 if name == "cifar10" else 100
     return ds, DatasetInfo(name, nc, 3, 32)
 
@@ -288,25 +288,24 @@ def _fake(train: bool, size: int, image_size: int, num_classes: int, augment: bo
     return ds, DatasetInfo("fake", num_classes, 3, image_size)
 
 
-_FOLDER_HELP = {
-    "imagenet": ("ImageNet (ILSVRC2012) is not downloadable automatically: get it from "
-                 "https://image-net.org, extract train/ into ROOT/train/<wnid>/*.JPEG and sort "
-                 "val/ into ROOT/val/<wnid>/*.JPEG (e.g. with the widely used valprep.sh)"),
-    "folder": ("arrange your images as ROOT/train/<class>/<image> and ROOT/val/<class>/<image> "
-               "(torchvision ImageFolder layout; ROOT/test is also accepted for the test split)"),
+_FOLDER_HELP = {  # kept short: the whole error must fit one terminal line
+    "imagenet": ("get ILSVRC2012 from https://image-net.org (no automatic download) as "
+                 "ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG"),
+    "folder": ("expected ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (ImageFolder "
+               "layout)"),
 }
 
 
 def _folder_split(name: str, root, split: str) -> Path:
     if root is None:
-        raise DataError(f"{name} needs a data folder: pass --data DIR. {_FOLDER_HELP[name]}")
+        raise DataError(f"{name} needs a data folder: pass --data DIR; {_FOLDER_HELP[name]}")
     root = Path(root)
     candidates = [root / split] if split == "train" else [root / "val", root / "test"]
     for path in candidates:
         if path.is_dir() and any(p.is_dir() for p in path.iterdir()):
             return path
     wanted = " or ".join(str(p) for p in candidates)
-    raise DataError(f"{name} data not found: no class folders in {wanted}. {_FOLDER_HELP[name]}")
+    raise DataError(f"{name} data not found: no class folders in {wanted}; {_FOLDER_HELP[name]}")
 
 
 def _load_image(path: str):

@@ -128,7 +128,7 @@ CLI_ROWS = [
     ("search --preset tiny --init_channels 1000000",
      "(--batch_size 64, --init_channels 1000000, --layers 3, image size 8): reduce --batch_size, "
      "--init_channels or --layers"),
-    ("train --genotype {bad_json}", "does not parse: genotype: invalid JSON"),
+    ("train --genotype {bad_json}", "bad_json.json: invalid JSON"),
     ("search --dataset cifar10 --data NOWHERE", "pass --download"),
     ("search --dataset folder --data {empty_folder}", "no class folders in"),
     ("train --dataset imagenet --data NOWHERE", "image-net.org"),
@@ -154,6 +154,8 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, monkeyp
     assert rc == 2, err
     assert len(lines) == 1 and lines[0].startswith("darts-amend: error: "), err
     assert expected in lines[0], err
+    # one terminal line (the temporary folder's path counted as <dir>)
+    assert len(lines[0].replace(str(tmp_path), "<dir>")) <= 200, lines[0]
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
 
 
@@ -466,3 +468,28 @@ def test_messages_start_on_their_own_line_after_a_progress_bar(monkeypatch, tmp_
         if "\r" in line:
             assert not any(m in line for m in ("darts-amend", "epoch 1/2", "search finished",
                                                "metrics:")), repr(line)
+
+
+def test_unknown_operation_names_the_closest_or_all_in_one_short_line():
+    from darts_amend.supernet import Genotype
+    from darts_amend.supernet.operations import OPS
+
+    def message(op: str) -> str:
+        text = json.dumps({"normal": [[op, 0], ["skip_connect", 1]], "normal_concat": [2],
+                           "reduce": [["max_pool_3x3", 0], ["skip_connect", 1]],
+                           "reduce_concat": [2]})
+        with pytest.raises(ValueError) as info:
+            Genotype.parse(text)
+        return str(info.value)
+
+    assert "did you mean 'sep_conv_3x3'" in message("sep_conv_3x4")
+    listed = message("warp_drive")
+    assert len(listed) <= 170, listed
+    # every operation is named, shared parts written once: avg/max_pool_3x3, sep_conv_3x3/5x5
+    names = set()
+    for part in listed.split("known: ")[1].rstrip(")").split(", "):
+        head, _, tail = part.partition("_") if "/" in part.split("_")[0] else ("", "", part)
+        for first in (head.split("/") if head else [""]):
+            stem, _, sizes = (f"{first}_{tail}" if first else tail).rpartition("_")
+            names |= {f"{stem}_{s}" if stem else s for s in sizes.split("/")}
+    assert names == set(OPS)

@@ -363,7 +363,7 @@ def _oom_message(cfg: Config, info: DatasetInfo, device: torch.device,
              f"{cfg.layers if cfg.layers is not None else 'default'}, image size {info.image_size}")
     smaller = "--batch_size, --init_channels or --layers" + (
         ", or --image_size" if cfg.dataset in ("imagenet", "folder", "fake") else "")
-    when = "at the first step or building the network" if not folder.started else "mid-run"
+    when = "at the start" if not folder.started else "mid-run"  # start: network, first step
     kept = "" if not folder.started else f"; the last checkpoint stays in {folder.path}"
     return f"out of memory on {device} {when} ({sizes}): reduce {smaller}{kept}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,7 +72,9 @@ def load_genotype(spec: str) -> Genotype | NB201Genotype:
     try:
         return Genotype.parse(path.read_text())
     except (ValueError, TypeError, UnicodeDecodeError) as err:
-        raise CLIError(f"genotype file {path} does not parse: {err}") from None
+        # the file given with --genotype: the library's "cell genotype: " would say it again
+        msg = re.sub(r"^(cell |nb201 |per-cell )?genotype: ", "", str(err))
+        raise CLIError(f"{path}: {msg}") from None
 
 
 def _darts_network(cfg: TrainConfig, genotype: Any, layers: int, info: DatasetInfo) -> nn.Module:

@@ -43,6 +43,31 @@ def _state_name(idx: int) -> str:
     return {0: "c_{k-2}", 1: "c_{k-1}"}.get(idx, f"node{idx - 2}")
 
 
+def _known_ops(op: Any) -> str:
+    """The operations a genotype may name, short enough for one terminal line: the closest
+    names when there are any, else all of them with shared parts written once
+    (``avg/max_pool_3x3``, ``sep_conv_3x3/5x5/7x7``)."""
+    import difflib
+
+    close = difflib.get_close_matches(str(op), list(OPS), n=2, cutoff=0.75)
+    if close:
+        return "did you mean " + " or ".join(repr(c) for c in close) + "?"
+    sized: dict[str, list[str]] = {}  # stem -> sizes: sep_conv_ -> [3x3, 5x5, 7x7]
+    for name in sorted(OPS):
+        stem, _, size = name.rpartition("_")
+        key = stem + "_" if stem and re.fullmatch(r"\d+x\d+", size) else name
+        sized.setdefault(key, []).append(size if key != name else "")
+    names = [stem + "/".join(sizes) for stem, sizes in sized.items()]
+    kinds: dict[str, list[str]] = {}  # the same op but its first word: avg/max_pool_3x3
+    for name in names:
+        first, _, rest = name.partition("_")
+        kinds.setdefault(rest if rest and "/" not in name else name, []).append(
+            first if rest and "/" not in name else "")
+    return "known: " + ", ".join(
+        "/".join(firsts) + "_" + rest if len(firsts) > 1 else
+        (f"{firsts[0]}_{rest}" if firsts[0] else rest) for rest, firsts in kinds.items())
+
+
 def _genes(edges: Iterable[Any], what: str) -> tuple[Gene, ...]:
     out = []
     for item in edges:
@@ -51,7 +76,7 @@ def _genes(edges: Iterable[Any], what: str) -> tuple[Gene, ...]:
         except (TypeError, ValueError):
             raise ValueError(f"{what}: expected (op, input) pairs, got {item!r}") from None
         if not isinstance(op, str) or op not in OPS:
-            raise ValueError(f"{what}: unknown operation {op!r}; known: {sorted(OPS)}")
+            raise ValueError(f"{what}: unknown operation {op!r} ({_known_ops(op)})")
         if isinstance(idx, bool) or not isinstance(idx, int):
             raise ValueError(f"{what}: input index must be an int, got {idx!r}")
         out.append((op, idx))
@@ -374,8 +399,8 @@ class NB201Genotype:
                                  f"in order; got {[j for _, j in node]}")
             for op, _ in node:
                 if op not in OPS:
-                    raise ValueError(f"nb201 genotype: unknown operation {op!r}; "
-                                     f"known: {sorted(OPS)}")
+                    raise ValueError(f"nb201 genotype: unknown operation {op!r} "
+                                     f"({_known_ops(op)})")
         object.__setattr__(self, "nodes", nodes)
 
     # -- the interface the CLI and plots share with Genotype ---------------------------------
