@@ -493,3 +493,23 @@ def test_unknown_operation_names_the_closest_or_all_in_one_short_line():
             stem, _, sizes = (f"{first}_{tail}" if first else tail).rpartition("_")
             names |= {f"{stem}_{s}" if stem else s for s in sizes.split("/")}
     assert names == set(OPS)
+
+
+def test_resume_a_folder_written_before_a_setting_existed(tmp_path, capsys):
+    """config.json of an earlier version lacks the settings added since: they count as their
+    defaults (what that version ran with), so --resume works; a flag that changes one is still
+    refused."""
+    out = tmp_path / "run"
+    assert main(["search", *TINY, "--epochs", "2", "--time_limit", "1e-9",
+                 "--output", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["config"]["fast_depthwise"], cfg["config"]["hvp_chunks"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    before = _tree(out)
+    capsys.readouterr()
+    assert main(["search", "--output", str(out), "--resume", "-q", "--no-progress",
+                 "--no-fast_depthwise"]) == 2
+    assert "(fast_depthwise: True -> False)" in capsys.readouterr().err
+    assert _tree(out) == before
+    assert main(["search", "--output", str(out), "--resume", "-q", "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text())["epochs_run"] == 2

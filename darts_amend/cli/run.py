@@ -249,7 +249,7 @@ def run_command(request: RunRequest) -> int:
         ckpt = None
         if request.resume:  # reads only: the folder changes once the run saves a checkpoint
             ckpt = folder.checkpoints.load()
-            folder.check_checkpoint_config(ckpt, config_to_dict(cfg))
+            folder.check_checkpoint_config(ckpt, config_to_dict(cfg), request.command)
             folder.resume_metrics(ckpt["epoch"])
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)

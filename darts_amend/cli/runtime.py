@@ -224,17 +224,19 @@ class RunFolder:
                            f"--resume")
         if stored.get("command") != command:
             raise CLIError(f"{self.path} holds a {stored.get('command')} run, not a {command} run")
-        details = config_diff(stored.get("config", {}), config)
+        details = config_diff(stored.get("config", {}), config, defaults=_defaults(command))
         if details:
             raise CLIError(f"cannot resume {self.path} with a different configuration ({details})"
                            f"; drop those flags, or start a new run with --output / --force")
         return stored
 
-    def check_checkpoint_config(self, ckpt: dict[str, Any], config: dict[str, Any]) -> None:
+    def check_checkpoint_config(self, ckpt: dict[str, Any], config: dict[str, Any],
+                                command: str) -> None:
         """Refuse a checkpoint saved under another configuration than config.json's (an edited
         config.json); checkpoints of earlier versions carry no config and are not checked."""
         saved = ckpt.get("config")
-        details = config_diff(saved, config) if isinstance(saved, dict) else ""
+        details = config_diff(saved, config, defaults=_defaults(command)) \
+            if isinstance(saved, dict) else ""
         if details:
             raise CLIError(f"{self.path / 'config.json'} differs from the configuration "
                            f"{CURRENT} was saved with ({details}); restore config.json, or "
@@ -325,13 +327,25 @@ class RunFolder:
         return rows
 
 
-def config_diff(old: dict[str, Any], new: dict[str, Any], limit: int = 3) -> str:
+def _defaults(command: str) -> dict[str, Any]:
+    from .config import SearchConfig, TrainConfig, config_to_dict
+
+    return config_to_dict(SearchConfig() if command == "search" else TrainConfig())
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], limit: int = 3,
+                defaults: dict[str, Any] | None = None) -> str:
     """The settings (not the RUN_KEYS) that differ, ``key: old -> new``, the first ``limit``
-    of them and a count of the rest, each value cut to 40 characters: one short line."""
+    of them and a count of the rest, each value cut to 40 characters: one short line.
+
+    ``defaults``: what a setting missing from ``old`` counts as (a run folder of an earlier
+    version, written before the setting existed, ran with its default)."""
     def short(v: Any) -> str:
         text = repr(v)
         return text if len(text) <= 40 else text[:37] + "..."
 
+    if defaults:
+        old = {k: v for k, v in defaults.items() if k in new} | old
     keys = sorted(k for k in set(old) | set(new) if k not in RUN_KEYS and old.get(k) != new.get(k))
     parts = [f"{k}: {short(old.get(k))} -> {short(new.get(k))}" for k in keys[:limit]]
     if len(keys) > limit:
