@@ -513,3 +513,50 @@ def test_resume_a_folder_written_before_a_setting_existed(tmp_path, capsys):
     assert _tree(out) == before
     assert main(["search", "--output", str(out), "--resume", "-q", "--no-progress"]) == 0
     assert json.loads((out / "summary.json").read_text())["epochs_run"] == 2
+
+
+def test_a_torn_metrics_line_does_not_block_the_resume(tmp_path, capsys, caplog):
+    """kill -9 inside a metrics.jsonl append leaves a cut-off last line: --resume skips it (a
+    warning) and rewrites the file without it."""
+    out = tmp_path / "run"
+    assert main(["search", *TINY, "--epochs", "2", "--time_limit", "1e-9",
+                 "--output", str(out)]) == 0
+    with open(out / "metrics.jsonl", "a") as fh:
+        fh.write('{"epoch": 2, "trai')
+    assert main(["search", "--output", str(out), "--resume", "-q", "--no-progress"]) == 0
+    assert "metrics.jsonl line 2 is not a JSON record" in caplog.text
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_a_train_force_run_failing_before_its_first_step_leaves_the_old_run(tmp_path, capsys):
+    out = tmp_path / "train"
+    small = [a for a in TINY if a not in ("--space", "s1")] + ["--genotype", "DARTS_V2"]
+    assert main(["train", *small, "--output", str(out)]) == 0
+    before = _tree(out)
+    assert main(["train", *small, "--init_channels", "1000000", "--force",
+                 "--output", str(out)]) == 2
+    assert "out of memory" in capsys.readouterr().err
+    assert _tree(out) == before and not (out / ".replaced-run").exists()
+
+
+def test_plot_bad_config_json_or_nothing_drawable_is_one_clear_line(tmp_path, capsys,
+                                                                    monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (run / "config.json").write_text("{bad")
+    assert main(["plot", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("darts-amend: error: ") and "config.json is not valid JSON" in err
+    (run / "config.json").write_text('{"command": "search", "config": {}}')
+    from matplotlib.figure import Figure
+
+    def read_only(self, *a, **k):  # a folder that cannot be written to
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Figure, "savefig", read_only)
+    assert main(["plot", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"darts-amend: error: no plot could be drawn from {run} (see the warnings above)"
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl"]

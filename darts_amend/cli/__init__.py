@@ -105,14 +105,22 @@ def _plot(run: Path) -> int:
 
     if not (run / "metrics.jsonl").is_file():
         raise CLIError(f"{run} is not a run folder (no metrics.jsonl)")
-    stored = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() \
-        else {}
-    command = stored.get("command", "search")
+    stored: object = {}
+    if (run / "config.json").is_file():
+        try:
+            stored = json.loads((run / "config.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CLIError(f"{run / 'config.json'} is not valid JSON ({err}); restore it, or "
+                           f"delete it to plot as a search run") from None
+    command = stored.get("command", "search") if isinstance(stored, dict) else "search"
     genotype = None
     if (run / "genotype.json").is_file():
         from .train import load_genotype
 
         genotype = load_genotype(str(run / "genotype.json"))
-    for p in write_plots(run, genotype, command):
+    plots = write_plots(run, genotype, command)
+    if not plots:  # each failure was logged above
+        raise CLIError(f"no plot could be drawn from {run} (see the warnings above)")
+    for p in plots:
         print(f"plot: {p}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -37,6 +38,8 @@ __all__ = [
     "EpochSums",
     "evaluate",
 ]
+
+logger = logging.getLogger(__name__)
 
 RUN_FILES = ("config.json", "metrics.jsonl", CURRENT, PREVIOUS, "genotype.json", "summary.json")
 # where a --force run keeps the files of the run it replaces until its first step succeeded
@@ -298,8 +301,8 @@ class RunFolder:
         line = json.dumps(record, default=_json_default) + "\n"
         try:
             if self._keep_epochs is not None:  # first record of a resumed run
-                kept = "".join(ln + "\n" for ln in self._metric_lines()
-                               if json.loads(ln).get("epoch", 0) <= self._keep_epochs)
+                kept = "".join(ln + "\n" for ln, rec in self._metric_lines()
+                               if rec.get("epoch", 0) <= self._keep_epochs)
                 write_atomic(p, lambda fh: fh.write((kept + line).encode()))
                 self._keep_epochs = None
                 return
@@ -314,14 +317,30 @@ class RunFolder:
         rewritten only with the run's first new record, never before."""
         self._keep_epochs = epochs_done
 
-    def _metric_lines(self) -> list[str]:
+    def _metric_lines(self) -> list[tuple[str, dict[str, Any]]]:
+        """(line, record) of metrics.jsonl; a line that is not a JSON object (the torn last
+        line of a run killed mid-write) is skipped with a warning, and a resumed run drops it
+        when it rewrites the file."""
         p = self.path / "metrics.jsonl"
         if not p.is_file():
             return []
-        return [ln for ln in p.read_text().splitlines() if ln.strip()]
+        rows = []
+        for n, ln in enumerate(p.read_text().splitlines(), 1):
+            if not ln.strip():
+                continue
+            try:
+                rec = json.loads(ln)
+            except json.JSONDecodeError:
+                rec = None
+            if not isinstance(rec, dict):
+                logger.warning("%s line %d is not a JSON record (cut off by a kill?); skipped",
+                               p, n)
+                continue
+            rows.append((ln, rec))
+        return rows
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        rows = [json.loads(ln) for ln in self._metric_lines()]
+        rows = [rec for _, rec in self._metric_lines()]
         if self._keep_epochs is not None:
             rows = [r for r in rows if r.get("epoch", 0) <= self._keep_epochs]
         return rows
