@@ -415,6 +415,7 @@ def test_paper_size_search_on_cpu_warns_and_estimates_epoch_time(tmp_path, capsy
     assert warn(["search"], cpu)
     err = capsys.readouterr().err
     assert "paper-size search (100 epochs, 8 cells, C=16, batch 96)" in err
+    assert max(len(ln) for ln in err.splitlines()) <= 200, err
     assert "--preset tiny" in err
     for sized in (["--preset", "tiny"], ["--epochs", "3"], ["--init_channels", "8"]):
         assert not warn(["search", *sized], cpu)

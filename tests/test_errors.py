@@ -306,8 +306,8 @@ def test_resume_refuses_an_edited_config_json_in_one_short_line(tmp_path, capsys
     capsys.readouterr()
     assert main(["search", "--output", str(out), "--resume", "-q"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and len(err) < 400, err
-    assert "config.json differs from the configuration checkpoint.pt was saved with " \
+    assert len(err.splitlines()) == 1 and len(err.replace(str(out), "<dir>")) <= 200, err
+    assert "config.json does not match checkpoint.pt " \
            "(init_channels: 4 -> 8; layers: 2 -> 3; momentum: 0.9 -> 0.5; and 2 more)" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
@@ -328,7 +328,7 @@ def test_long_internal_failures_are_cut_to_one_line(monkeypatch, capsys, tmp_pat
     monkeypatch.setattr(search_mod, "run_search", boom)
     assert main(["search", *TINY, "--output", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and len(err) < 450 and "report it" in err
+    assert len(err.splitlines()) == 1 and len(err.strip()) <= 200 and "report it" in err
     assert not (tmp_path / "o").exists()  # it never took a step
 
 

@@ -76,9 +76,10 @@ def _main(argv: Sequence[str] | None) -> int:
             print(f"darts-amend: error: {_one_line(lines[-1].split('DataError: ', 1)[-1])}",
                   file=sys.stderr)
             return 2
-        print(f"darts-amend: error: {type(err).__name__}: {_one_line(str(err), 300)} (an "
-              f"internal failure; rerun with --debug for the traceback and report it)",
-              file=sys.stderr)
+        name = type(err).__name__
+        hint = " (an internal failure; rerun with --debug for the traceback and report it)"
+        room = max(40, 200 - len(f"darts-amend: error: {name}: ") - len(hint))  # one line
+        print(f"darts-amend: error: {name}: {_one_line(str(err), room)}{hint}", file=sys.stderr)
         return 1
 
 

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -126,9 +127,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         # the weights-only unpickler names the global it refused; anything else is damage
         if "unsupported global" in str(err).lower() and zipfile.is_zipfile(path):
             raise CheckpointError(
-                f"{path} holds objects other than tensors and plain data (pickled code, or a "
-                f"checkpoint of darts-amend before checkpoint format {FORMAT}); refused, since "
-                f"loading it could run arbitrary code") from None
+                f"{path} holds pickled objects (code, or checkpoint format < {FORMAT}), "
+                f"not loaded: it could run code") from None
         raise CheckpointError(f"{path} is damaged (not a readable torch checkpoint)") from None
     except Exception as err:  # truncated zip, bad magic number, EOF, ...
         raise CheckpointError(f"{path} is damaged ({type(err).__name__}: "
@@ -146,7 +146,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
+    return text[0][:60] if text else type(err).__name__
 
 
 def _where(ck: dict[str, Any]) -> str:
@@ -186,9 +186,15 @@ class Checkpoints:
             try:
                 ck = read_checkpoint(self.previous)
             except CheckpointError as older:
-                raise CheckpointError(
-                    f"cannot resume {self.folder}: {newest}, and {older}; start the run again "
-                    f"with --force (or a new --output)") from None
+                # one line: the files by name, without the details (logged; --debug shows
+                # them), a reason they share said once
+                logger.debug("%s; %s", newest, older)
+                first, second = (re.sub(r" \([^()]*\)$", "", str(e).replace(f"{f} ", "", 1))
+                                 for e, f in ((newest, self.current), (older, self.previous)))
+                why = (f"{CURRENT} and {PREVIOUS}: each {first}" if first == second else
+                       f"{CURRENT} {first}, and {PREVIOUS} {second}")
+                raise CheckpointError(f"cannot resume {self.folder}: {why}; use --force or a "
+                                      f"new --output") from None
             logger.warning(
                 "%s; resuming from %s, saved at %s: the steps after it are lost and run "
                 "again (at most one epoch)", newest, PREVIOUS, _where(ck))
@@ -217,8 +223,8 @@ class Checkpoints:
             _fsync_dir(self.folder)
         except OSError as err:
             raise CLIError(f"could not write {self.current}: {err.strerror or err} (the "
-                           f"checkpoints already in {self.folder} are unchanged; free space or "
-                           f"fix the folder, then continue with --resume)") from None
+                           f"checkpoints there are unchanged; free space or fix the folder, then "
+                           f"continue with --resume)") from None
         finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)

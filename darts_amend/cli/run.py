@@ -95,12 +95,10 @@ def warn_unsized(request: RunRequest, cfg: Config, device: torch.device) -> bool
             or any(k in request.flags for k in SIZE_FLAGS)):
         return False
     assert isinstance(cfg, SearchConfig)
-    print(f"darts-amend: warning: no --preset and no size flags on a CPU: this is the "
-          f"paper-size search ({cfg.epochs} epochs, "
-          f"{cfg.layers or (20 if cfg.space == 's2' else 8)} cells, "
-          f"C={cfg.init_channels}, batch {cfg.batch_size}), hours on a small machine; "
-          f"'--preset tiny' runs in minutes. The time per epoch follows the first step.",
-          file=sys.stderr)
+    print(f"darts-amend: warning: no --preset or size flags on a CPU: the paper-size search "
+          f"({cfg.epochs} epochs, {cfg.layers or (20 if cfg.space == 's2' else 8)} cells, "
+          f"C={cfg.init_channels}, batch {cfg.batch_size}) takes hours; '--preset tiny' takes "
+          f"minutes (time per epoch after the first step)", file=sys.stderr)
     return True
 
 
@@ -272,7 +270,7 @@ def run_command(request: RunRequest) -> int:
                 raise
             raise CLIError(
                 f"rank {d.rank}: lost contact with the other torchrun processes "
-                f"({str(err).strip().splitlines()[0][:160]}); the last checkpoint is in "
+                f"({str(err).strip().splitlines()[0][:60]}); the last checkpoint is in "
                 f"{folder.path}: continue with --resume") from None
     except BaseException:
         progress.close_all()

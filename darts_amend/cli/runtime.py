@@ -241,9 +241,8 @@ class RunFolder:
         details = config_diff(saved, config, defaults=_defaults(command)) \
             if isinstance(saved, dict) else ""
         if details:
-            raise CLIError(f"{self.path / 'config.json'} differs from the configuration "
-                           f"{CURRENT} was saved with ({details}); restore config.json, or "
-                           f"start over with --force")
+            raise CLIError(f"{self.path / 'config.json'} does not match {CURRENT} ({details}); "
+                           f"restore config.json, or start over with --force")
 
     def start(self, command: str, config: dict[str, Any], *, force: bool) -> None:
         if not self.writer:
