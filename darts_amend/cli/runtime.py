@@ -138,6 +138,7 @@ class RunFolder:
         # --force: the replaced run's files wait in ASIDE until the first step succeeded (then
         # they are deleted) or the run fails before it (then they are put back)
         self._aside: Path | None = None
+        self._torn: set[int] = set()  # metrics.jsonl lines already reported as unreadable
 
     @property
     def started(self) -> bool:
@@ -332,8 +333,10 @@ class RunFolder:
             except json.JSONDecodeError:
                 rec = None
             if not isinstance(rec, dict):
-                logger.warning("%s line %d is not a JSON record (cut off by a kill?); skipped",
-                               p, n)
+                if n not in self._torn:  # said once, though the file is read more than once
+                    self._torn.add(n)
+                    logger.warning("%s line %d is not a JSON record (cut off by a kill?); "
+                                   "skipped", p, n)
                 continue
             rows.append((ln, rec))
         return rows
