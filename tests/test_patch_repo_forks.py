@@ -200,3 +200,18 @@ def test_undo_restores_a_patched_fork_byte_for_byte(tmp_path, capsys, flavor):
 
     assert main(["patch-repo", str(root), "--undo"]) == 0
     assert tree(root) == before
+
+
+@pytest.mark.parametrize("spelling", ["beta_darts", "BETA-DARTS", "beta-darts"])
+def test_flavor_accepts_either_separator(tmp_path, capsys, spelling):
+    """The integrations/ folders and adapter modules say beta_darts, the flavour beta-darts:
+    both spellings (and pc-darts for pc_darts) name the same flavour; a typo is still refused."""
+    root = make(tmp_path, "beta-darts")
+    assert call(root, spelling, "--dry-run") == 0
+    assert "Sunshine-Ye/Beta-DARTS" in capsys.readouterr().out
+    from darts_amend.cli.patch_repo import _flavor
+
+    assert _flavor("pc-darts") == "pc_darts" and _flavor("darts_pt") == "darts-pt"
+    with pytest.raises(SystemExit):
+        call(root, "beta_dart")
+    assert "invalid choice: 'beta_dart'" in capsys.readouterr().err
