@@ -82,3 +82,128 @@ def test_no_printed_string_cites_a_missing_design_document():
                     and id(node) not in docstrings and re.search(r"DESIGN|issue #?\d", node.value):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not offenders, offenders
+
+
+# --------------------------------------------------------------------------- docs/api.md
+
+API = ROOT / "docs" / "api.md"
+# names in api.md's signature blocks that are local variables of an example, not module names
+_LOCAL_NAMES = {"hvp", "restore", "estimator", "dataclass"}
+_NOT_LISTED = {"__version__"}
+
+
+def _code_blocks(text: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def _sections(text: str) -> list[tuple[list[str], str]]:
+    """(modules named in the heading, the section's text) for each ``## ... (`darts_amend.x`)``."""
+    parts = re.split(r"^## ", text, flags=re.M)[1:]
+    out = []
+    for part in parts:
+        heading = part.splitlines()[0]
+        modules = re.findall(r"`(darts_amend(?:\.\w+)*)`", heading)
+        if modules:
+            out.append((modules, part))
+    return out
+
+
+def _called_names(block: str) -> set[str]:
+    """Names a signature block shows called or listed: ``name(`` not after a dot, and bare
+    UPPER_CASE constants at the start of a line, comments stripped; a method shown in a
+    ``class C:`` block as ``C.name``."""
+    names: set[str] = set()
+    cls = None
+    for line in block.splitlines():
+        code = line.split("#", 1)[0]
+        if match := re.match(r"class (\w+)", code):
+            cls = match.group(1)
+        if match := re.match(r"\s+def (\w+)\(", code):
+            names.add(f"{cls}.{match.group(1)}")
+            continue
+        names |= set(re.findall(r"(?<![\w.])([A-Za-z_]\w*)\(", code))
+        names |= set(re.findall(r"^([A-Z][A-Z_]+)\b", code.strip()))
+    return names - {"with", "tuple", "dict", "list", "float", "bool", "str", "int"}
+
+
+def _has(obj: object, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
+def test_api_md_runnable_blocks_run():
+    """The import blocks of docs/api.md (the top-level names, the testing kit) run as shown."""
+    blocks = _code_blocks(API.read_text())
+    runnable = [b for b in blocks if b.startswith(("import darts_amend", "from darts_amend"))]
+    assert len(runnable) >= 3, "expected the top-level, usage and testing-kit blocks"
+    for block in runnable:
+        if "train_loader" in block:  # the loop needs a model and data: examples/ run it
+            compile(block, "docs/api.md", "exec")
+            continue
+        exec(compile(block, "docs/api.md", "exec"), {})
+
+
+def test_api_md_names_exist_in_the_module_of_their_section():
+    import importlib
+
+    problems = []
+    for modules, section in _sections(API.read_text()):
+        mods = [importlib.import_module(m) for m in modules]
+        for block in _code_blocks(section):
+            for name in _called_names(block) - _LOCAL_NAMES:
+                if not any(_has(m, name) for m in mods):
+                    problems.append(f"{name} (section {', '.join(modules)})")
+    assert not problems, problems
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["darts_amend", "darts_amend.options", "darts_amend.model", "darts_amend.tensorlist",
+     "darts_amend.batches", "darts_amend.linear_solve", "darts_amend.hvp",
+     "darts_amend.estimators", "darts_amend.randomness", "darts_amend.testing"],
+)
+def test_every_public_name_of_the_core_is_in_api_md(module):
+    """A name in a core module's ``__all__`` is documented in docs/api.md (re-exports count as
+    documented where they are defined)."""
+    import importlib
+
+    text = API.read_text()
+    names = set(importlib.import_module(module).__all__) - _NOT_LISTED
+    missing = sorted(n for n in names if not re.search(rf"(?<![\w]){re.escape(n)}(?!\w)", text))
+    assert not missing, f"{module}: public but not in docs/api.md: {missing}"
+
+
+# --------------------------------------------------------------------------- docs/errors.md
+
+
+def test_errors_md_command_rows_print_exactly_the_documented_message(tmp_path, monkeypatch):
+    """Every row of docs/errors.md's command-line table that needs no prepared file, folder,
+    run or device prints exactly the message shown, and writes nothing (the rows with files are
+    run by tests/test_errors.py, which checks a part of each message)."""
+    import contextlib
+    import io
+    import shlex
+
+    from darts_amend.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rows = re.findall(r"^\| `darts-amend ([^`]*)` \| (.*) \|$",
+                      (ROOT / "docs" / "errors.md").read_text(), flags=re.M)
+    skip = ("{", "--resume", "1000000", "--device", "PATH")  # files, runs, memory, hardware
+    rows = [(cmd, msg) for cmd, msg in rows if not any(s in cmd for s in skip)]
+    assert len(rows) >= 30
+    wrong = []
+    for cmd, msg in rows:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                rc = main(shlex.split(cmd))
+            except SystemExit as exc:
+                rc = exc.code
+        if rc != 2 or err.getvalue().strip() != msg:
+            wrong.append(f"darts-amend {cmd}: rc {rc}, printed {err.getvalue().strip()!r}")
+    assert not wrong, "\n".join(wrong)
+    assert list(tmp_path.iterdir()) == []
