@@ -207,3 +207,10 @@ def test_errors_md_command_rows_print_exactly_the_documented_message(tmp_path, m
             wrong.append(f"darts-amend {cmd}: rc {rc}, printed {err.getvalue().strip()!r}")
     assert not wrong, "\n".join(wrong)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_readme_links_every_docs_page():
+    """A new user finds every page of docs/ from README.md."""
+    linked = {Path(t.partition("#")[0]).name for t in _links(ROOT / "README.md")}
+    missing = sorted(p.name for p in (ROOT / "docs").glob("*.md") if p.name not in linked)
+    assert not missing, missing
