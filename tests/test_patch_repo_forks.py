@@ -4,6 +4,7 @@ only the file layout and the marker lines of each fork (no fork code)."""
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
@@ -208,7 +209,12 @@ def test_flavor_accepts_either_separator(tmp_path, capsys, spelling):
     both spellings (and pc-darts for pc_darts) name the same flavour; a typo is still refused."""
     root = make(tmp_path, "beta-darts")
     assert call(root, spelling, "--dry-run") == 0
-    assert "Sunshine-Ye/Beta-DARTS" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Sunshine-Ye/Beta-DARTS" in out
+    # the options line names every flag of the flags block
+    options = next(line for line in out.splitlines() if line.startswith("options: "))
+    for flag in re.findall(r"add_argument\('(--amend_\w+)'", flags_block()):
+        assert flag in options, flag
     from darts_amend.cli.patch_repo import _flavor
 
     assert _flavor("pc-darts") == "pc_darts" and _flavor("darts_pt") == "darts-pt"

@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         "options: --amend_eta ETA (0 = first-order DARTS), "
         f"--amend_estimator {{{','.join(ESTIMATORS)}}}, "
         "--amend_mode {exact,finite_difference,forward_difference}, "
+        "--amend_chunks K, --amend_second_order_batch M, "
         "--amend_common_random_numbers {auto,on,off}"
     )
     if f.name != "pdarts":
