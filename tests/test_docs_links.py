@@ -214,3 +214,12 @@ def test_readme_links_every_docs_page():
     linked = {Path(t.partition("#")[0]).name for t in _links(ROOT / "README.md")}
     missing = sorted(p.name for p in (ROOT / "docs").glob("*.md") if p.name not in linked)
     assert not missing, missing
+
+
+def test_every_public_name_of_diagnostics_is_in_diagnostics_md():
+    import darts_amend.diagnostics as diagnostics
+
+    text = (ROOT / "docs" / "diagnostics.md").read_text()
+    missing = sorted(n for n in diagnostics.__all__
+                     if not re.search(rf"(?<![\w]){re.escape(n)}(?!\w)", text))
+    assert not missing, f"public but not in docs/diagnostics.md: {missing}"
