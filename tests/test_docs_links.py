@@ -223,3 +223,12 @@ def test_every_public_name_of_diagnostics_is_in_diagnostics_md():
     missing = sorted(n for n in diagnostics.__all__
                      if not re.search(rf"(?<![\w]){re.escape(n)}(?!\w)", text))
     assert not missing, f"public but not in docs/diagnostics.md: {missing}"
+
+
+def test_every_public_name_of_the_supernet_is_in_search_spaces_md():
+    import darts_amend.supernet as supernet
+
+    text = (ROOT / "docs" / "search_spaces.md").read_text()
+    missing = sorted(n for n in supernet.__all__
+                     if not re.search(rf"(?<![\w]){re.escape(n)}(?!\w)", text))
+    assert not missing, f"public but not in docs/search_spaces.md: {missing}"
