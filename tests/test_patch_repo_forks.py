@@ -221,3 +221,17 @@ def test_flavor_accepts_either_separator(tmp_path, capsys, spelling):
     with pytest.raises(SystemExit):
         call(root, "beta_dart")
     assert "invalid choice: 'beta_dart'" in capsys.readouterr().err
+
+
+def test_the_python_example_of_integrations_md_runs(tmp_path):
+    """docs/integrations.md, "patch-repo from Python": patch and undo a (fake) checkout."""
+    root = make(tmp_path, "sdarts")
+    before = tree(root)
+    text = (REPO_ROOT / "docs" / "integrations.md").read_text()
+    block = next(b for b in re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+                 if "plan_patch" in b)
+    block = block.replace('"path/to/darts", "darts"', f'"{root}", "sdarts"')
+    namespace: dict = {}
+    exec(block.replace('"path/to/darts"', f'"{root}"'), namespace)
+    assert any("architect.py.orig" in line for line in namespace["lines"])
+    assert tree(root) == before
