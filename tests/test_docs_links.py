@@ -232,3 +232,16 @@ def test_every_public_name_of_the_supernet_is_in_search_spaces_md():
     missing = sorted(n for n in supernet.__all__
                      if not re.search(rf"(?<![\w]){re.escape(n)}(?!\w)", text))
     assert not missing, f"public but not in docs/search_spaces.md: {missing}"
+
+
+def test_api_md_lists_exactly_the_names_hvp_re_exports():
+    import darts_amend.hvp as hvp
+
+    text = API.read_text()
+    sentence = re.search(r"still importable from\s+`darts_amend.hvp`.*?:(.*?)\.\n", text, re.S)
+    assert sentence, "the re-export sentence of the hvp section"
+    listed = set(re.findall(r"`(\w+)`", sentence.group(1)))
+    reexported = {n for n in hvp.__all__
+                  if getattr(getattr(hvp, n), "__module__", "darts_amend.hvp") != "darts_amend.hvp"
+                  and n != "MODES"}
+    assert listed == reexported
