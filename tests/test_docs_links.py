@@ -245,3 +245,35 @@ def test_api_md_lists_exactly_the_names_hvp_re_exports():
                   if getattr(getattr(hvp, n), "__module__", "darts_amend.hvp") != "darts_amend.hvp"
                   and n != "MODES"}
     assert listed == reexported
+
+
+def test_readme_and_api_md_training_loops_run_on_a_tiny_supernet():
+    """The loops of README.md and docs/api.md, as printed, on a toy supernet with a ``_loss``
+    (MixedMLP, float64) and three batches: they run and move the alphas."""
+    import torch
+
+    from darts_amend.testing import MixedMLP
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (8,), generator=gen)
+    loaders = {"train_loader": [(x, y)] * 3, "valid_loader": [(x + 0.1, y)] * 3}
+    readme = _code_blocks((ROOT / "README.md").read_text())
+    api = _code_blocks(API.read_text())
+    loops = [b for b in readme + api if "for (x, y), (xv, yv) in zip(" in b]
+    assert len(loops) == 2
+    for block in loops:
+        model = MixedMLP()  # float64, alphas outside parameters() as in upstream DARTS
+        before = [a.detach().clone() for a in model.arch_parameters()]
+        namespace = {"model": model, **loaders,
+                     "w_optimizer": torch.optim.SGD(model.parameters(), lr=0.01)}
+        exec(block, namespace)
+        after = model.arch_parameters()
+        assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    # the second-order example of api.md, with the names the README loop defined
+    unrolled = next(b for b in api if 'estimator="unrolled"' in b)
+    namespace.update(train_batch=(x, y), valid_batch=(x + 0.1, y),
+                     weights=[p for p in model.parameters()
+                              if all(p is not a for a in model.arch_parameters())])
+    namespace["w_opt"] = torch.optim.SGD(namespace["weights"], lr=0.025, momentum=0.9)
+    exec("from darts_amend import AmendedArchitect\n" + unrolled, namespace)
