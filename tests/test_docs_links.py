@@ -277,3 +277,20 @@ def test_readme_and_api_md_training_loops_run_on_a_tiny_supernet():
                               if all(p is not a for a in model.arch_parameters())])
     namespace["w_opt"] = torch.optim.SGD(namespace["weights"], lr=0.025, momentum=0.9)
     exec("from darts_amend import AmendedArchitect\n" + unrolled, namespace)
+
+
+def test_testing_md_examples_run():
+    """docs/testing.md: the loop over all problems (with the exact hypergradient as the
+    estimator, which must pass) and the Newton / exact-hypergradient snippet on a fresh ridge."""
+    from darts_amend.testing import exact_hypergradient, ridge
+
+    blocks = _code_blocks((ROOT / "docs" / "testing.md").read_text())
+    loop = next(b for b in blocks if "for problem in all_problems()" in b)
+    loop = re.sub(r"def my_estimator\(.*?\n(?=\n)", "", loop, flags=re.S)  # the placeholder
+    exec(loop, {"my_estimator": lambda m, t, v, **kw: exact_hypergradient(m, t, v, **kw)})
+    newton = next(b for b in blocks if "solve_inner_(model, train_batch)" in b)
+    problem = ridge()
+    namespace = {"model": problem.model, "train_batch": problem.train_batch,
+                 "valid_batch": problem.valid_batch}
+    exec(newton, namespace)
+    assert "g1" in namespace["exact"].terms
