@@ -9,11 +9,11 @@ differences of finite-difference products are differences between two samples di
 tiny step, and g1 and g2 describe two different networks.
 
 This module forks the random number generators per estimate. Inside :func:`shared_sample`
-every evaluation (:func:`evaluation`, the one hook in ``darts_amend.hvp._evaluate``) starts from
-the same generator state, so each pass draws the same numbers: the same Dirichlet sample, the
-same Gumbel noise, the same dropout mask for tensors of the same shape (a dropout mask follows
-the shape it is drawn for, so the validation and training batches share the stream, not the
-mask, when their sizes differ).
+every evaluation (:func:`evaluation`, the one hook, in ``darts_amend.model.evaluate_loss``)
+starts from the same generator state, so each pass draws the same numbers: the same Dirichlet
+sample, the same Gumbel noise, the same dropout mask for tensors of the same shape (a dropout
+mask follows the shape it is drawn for, so the validation and training batches share the
+stream, not the mask, when their sizes differ).
 
 Generators forked: the CPU generator and, for every CUDA device holding a parameter or a batch
 tensor, that device's generator. Python's ``random`` and numpy's global generator are not forked
@@ -213,8 +213,8 @@ def shared_sample(
 
 @contextlib.contextmanager
 def evaluation(batch: Any) -> Iterator[None]:
-    """Wraps one loss evaluation (``darts_amend.hvp._evaluate``): outside :func:`shared_sample`
-    it does nothing; inside, it replays the estimate's random numbers."""
+    """Wraps one loss evaluation (``darts_amend.model.evaluate_loss``): outside
+    :func:`shared_sample` it does nothing; inside, it replays the estimate's random numbers."""
     stream = _ACTIVE.get()
     if stream is None:
         yield

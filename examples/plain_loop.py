@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from darts_amend import AmendedArchitect
+from darts_amend import ESTIMATORS, AmendedArchitect
+from darts_amend.hvp import MODES
 
 OPS = ("conv_3x3", "conv_5x5", "max_pool_3x3", "skip_connect")
 
@@ -94,12 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--estimator",
         default="amended",
-        choices=["amended", "first_order", "unrolled", "implicit_cg", "implicit_neumann"],
+        choices=list(ESTIMATORS),
     )
     parser.add_argument(
         "--eta", type=float, default=None, help="amending coefficient (amended only; 0.1)"
     )
-    parser.add_argument("--mode", default=None, choices=["exact", "finite_difference"])
+    parser.add_argument(
+        "--mode",
+        default=None,
+        choices=MODES,
+        help="Hessian products (every estimator but first_order; default exact)",
+    )
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05, help="weight learning rate (SGD)")

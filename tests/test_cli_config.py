@@ -136,3 +136,19 @@ def test_every_cell_topology_has_a_retraining_network() -> None:
     assert TRAIN_NETWORKS["nb201"][1]("cifar10") == 5
     assert TRAIN_NETWORKS["darts"][1]("cifar10") == 20
     assert TRAIN_NETWORKS["darts"][1]("imagenet") == 14
+
+
+def test_help_shows_auto_for_defaults_the_help_text_explains():
+    """A setting whose default is chosen at run time shows "[auto ...]" when its help says how
+    (threads: torch's choice; layers: by space), "[dataset default ...]" otherwise."""
+    import argparse
+
+    from darts_amend.cli.config import SearchConfig, add_config_flags
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, SearchConfig)
+    helps = {a.dest: a.help for a in parser._actions}
+    assert helps["threads"].endswith("[auto; >= 1]"), helps["threads"]
+    assert helps["layers"].endswith("[auto; >= 1]"), helps["layers"]
+    assert helps["data"].endswith("[dataset default]"), helps["data"]
+    assert helps["epochs"].endswith("[100; >= 1]"), helps["epochs"]

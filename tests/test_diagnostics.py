@@ -3,6 +3,7 @@ softmax states and eigenvalue histories, and the figure written from a metrics.j
 from __future__ import annotations
 
 import json
+import logging
 import math
 import struct
 
@@ -181,7 +182,8 @@ def _png_size(path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_plot_run_writes_a_figure(tmp_path) -> None:
+def test_plot_run_writes_a_figure(tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO)
     lines = []
     for e in range(8):
         rec = {"epoch": e, "collapse/skip_share": e / 8, "collapse/entropy/normal": 1 - e / 10,
@@ -205,6 +207,8 @@ def test_plot_run_writes_a_figure(tmp_path) -> None:
     other = plot_run(empty, path=tmp_path / "x" / "fig.png")
     assert other == tmp_path / "x" / "fig.png" and _png_size(other) == (1100, 750)
     assert other.stat().st_size < full  # the curves are really drawn in the first figure
+    # the CLI prints each plot's path: no second INFO line for it from the library
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO and "wrote" in r.message]
 
 
 def test_plot_run_errors(tmp_path) -> None:

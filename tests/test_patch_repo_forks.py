@@ -4,6 +4,7 @@ only the file layout and the marker lines of each fork (no fork code)."""
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
@@ -199,4 +200,38 @@ def test_undo_restores_a_patched_fork_byte_for_byte(tmp_path, capsys, flavor):
     from darts_amend.cli import main
 
     assert main(["patch-repo", str(root), "--undo"]) == 0
+    assert tree(root) == before
+
+
+@pytest.mark.parametrize("spelling", ["beta_darts", "BETA-DARTS", "beta-darts"])
+def test_flavor_accepts_either_separator(tmp_path, capsys, spelling):
+    """The integrations/ folders and adapter modules say beta_darts, the flavour beta-darts:
+    both spellings (and pc-darts for pc_darts) name the same flavour; a typo is still refused."""
+    root = make(tmp_path, "beta-darts")
+    assert call(root, spelling, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "Sunshine-Ye/Beta-DARTS" in out
+    # the options line names every flag of the flags block
+    options = next(line for line in out.splitlines() if line.startswith("options: "))
+    for flag in re.findall(r"add_argument\('(--amend_\w+)'", flags_block()):
+        assert flag in options, flag
+    from darts_amend.cli.patch_repo import _flavor
+
+    assert _flavor("pc-darts") == "pc_darts" and _flavor("darts_pt") == "darts-pt"
+    with pytest.raises(SystemExit):
+        call(root, "beta_dart")
+    assert "invalid choice: 'beta_dart'" in capsys.readouterr().err
+
+
+def test_the_python_example_of_integrations_md_runs(tmp_path):
+    """docs/integrations.md, "patch-repo from Python": patch and undo a (fake) checkout."""
+    root = make(tmp_path, "sdarts")
+    before = tree(root)
+    text = (REPO_ROOT / "docs" / "integrations.md").read_text()
+    block = next(b for b in re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+                 if "plan_patch" in b)
+    block = block.replace('"path/to/darts", "darts"', f'"{root}", "sdarts"')
+    namespace: dict = {}
+    exec(block.replace('"path/to/darts"', f'"{root}"'), namespace)
+    assert any("architect.py.orig" in line for line in namespace["lines"])
     assert tree(root) == before

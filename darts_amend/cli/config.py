@@ -369,11 +369,14 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             names.append(alias)
         if "_" in f.name and f"--{f.name.replace('_', '-')}" not in names:
             names.append(f"--{f.name.replace('_', '-')}")
-        default_txt = "dataset default" if f.default is None else f.default
+        help_raw = f.metadata.get("help", "")
+        # None: chosen at run time; "auto" where the help says how, else the data set's default
+        default_txt = f.default if f.default is not None else (
+            "auto" if "(default:" in help_raw else "dataset default")
         valid, choices = f.metadata.get("valid"), f.metadata.get("choices")
         valid_txt = (f"; {valid.describe()}" if valid is not None else
                      f"; one of {', '.join(choices)}" if choices else "")
-        help_txt = f"{f.metadata.get('help', '')} [{default_txt}{valid_txt}]"
+        help_txt = f"{help_raw} [{default_txt}{valid_txt}]"
         if base == "bool":
             group.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_txt)

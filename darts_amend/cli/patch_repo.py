@@ -41,8 +41,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--flavor",
+        type=_flavor,
         choices=sorted(FLAVORS),
-        help="which upstream repository PATH is a checkout of (needed unless --undo)",
+        help="which upstream repository PATH is a checkout of (needed unless --undo; "
+        "'_' and '-' are the same: beta_darts = beta-darts)",
     )
     parser.add_argument(
         "--dry-run",
@@ -58,6 +60,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.set_defaults(func=run)
     return parser
+
+
+def _flavor(value: str) -> str:
+    """The flavour name whatever the separator: the adapters and integrations/ folders spell
+    them with '_' (beta_darts), the flavours partly with '-' (beta-darts); both are accepted.
+    An unknown name is returned unchanged for argparse's 'invalid choice' error."""
+    key = value.strip().lower().replace("_", "-")
+    by_key = {name.replace("_", "-"): name for name in FLAVORS}
+    return by_key.get(key, value)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         "options: --amend_eta ETA (0 = first-order DARTS), "
         f"--amend_estimator {{{','.join(ESTIMATORS)}}}, "
         "--amend_mode {exact,finite_difference,forward_difference}, "
+        "--amend_chunks K, --amend_second_order_batch M, "
         "--amend_common_random_numbers {auto,on,off}"
     )
     if f.name != "pdarts":

@@ -175,5 +175,6 @@ def plot_run(run_dir: str | Path, *, path: str | Path | None = None) -> Path:
     fig.suptitle(f"search diagnostics: {run_dir.name}")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
-    logger.info("wrote %s", out)
+    # debug, not info: the CLI prints "plot: PATH" itself, and logs at INFO by default
+    logger.debug("wrote %s", out)
     return out
