@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     architect = AmendedArchitect(model, estimator=args.estimator, lr=args.arch_lr, **options)
     print(architect)
     bs = args.batch_size
-    for epoch in range(args.epochs):
+    for epoch in range(1, args.epochs + 1):  # epochs count from 1, as in the CLI
         t0 = time.perf_counter()
         model.train()
         order_w, order_a = torch.randperm(len(yw)), torch.randperm(len(ya))

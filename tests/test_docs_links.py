@@ -308,4 +308,4 @@ def test_plain_loop_example_runs_with_every_mode(capsys):
 
     assert set(MODES) == {"exact", "finite_difference", "forward_difference"}
     assert module.main(["--epochs", "1", "--mode", "forward_difference", "--threads", "1"]) == 0
-    assert "epoch 0: val loss" in capsys.readouterr().out
+    assert "epoch 1: val loss" in capsys.readouterr().out

@@ -560,3 +560,47 @@ def test_plot_bad_config_json_or_nothing_drawable_is_one_clear_line(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"darts-amend: error: no plot could be drawn from {run} (see the warnings above)"
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl"]
+
+
+@pytest.mark.parametrize("source", ["log", "warning"])
+def test_library_messages_in_mid_epoch_start_on_their_own_line(monkeypatch, tmp_path, source):
+    """A library log record or warning emitted while a bar is drawn (pipe, not a terminal) starts
+    a line of its own instead of continuing the bar's text; the bar goes on afterwards."""
+    import io
+    import logging
+    import warnings
+
+    from darts_amend.cli import search as search_mod
+
+    pipe = io.StringIO()
+    monkeypatch.setattr("sys.stdout", pipe)
+    monkeypatch.setattr("sys.stderr", pipe)
+    handler = logging.StreamHandler(pipe)  # what logging.basicConfig installs outside pytest
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    monkeypatch.setattr(  # outside pytest's warning recorder, warnings go to stderr
+        warnings, "showwarning",
+        lambda message, category, *a, **k: pipe.write(f"{category.__name__}: {message}\n"))
+    expected = {"log": "WARNING darts_amend.core: mid-epoch note",
+                "warning": "UserWarning: mid-epoch note"}[source]
+
+    def on_step(epoch, step):
+        if step == 1:
+            if source == "log":
+                logging.getLogger("darts_amend.core").warning("mid-epoch note")
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("always")
+                    warnings.warn("mid-epoch note", stacklevel=1)
+
+    monkeypatch.setattr(search_mod, "_on_step", on_step)
+    try:
+        rc = main(["search", *BARS, "--epochs", "1", "--output", str(tmp_path / "o")])
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert rc == 0
+    text = pipe.getvalue()
+    assert "\r" in text and expected in text
+    assert any(line.startswith(expected) for line in text.split("\n")), repr(text[:2000])
+    # the guard is gone after the run: warnings.showwarning and the handler's filters restored
+    assert not handler.filters and warnings.showwarning.__name__ == "<lambda>"

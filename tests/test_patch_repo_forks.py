@@ -223,6 +223,17 @@ def test_flavor_accepts_either_separator(tmp_path, capsys, spelling):
     assert "invalid choice: 'beta_dart'" in capsys.readouterr().err
 
 
+def test_library_plan_patch_accepts_either_separator(tmp_path):
+    """plan_patch / locate_checkout (the Python route of integrations.md) take the same spellings
+    as the CLI; an unknown flavour is a ValueError naming the choices."""
+    from darts_amend.adapters.patch_repo import plan_patch
+
+    root = make(tmp_path, "beta-darts")
+    plans = [plan_patch(root, spelling) for spelling in ("beta_darts", "BETA-DARTS", "beta-darts")]
+    assert {p.flavor.name for p in plans} == {"beta-darts"}
+    with pytest.raises(ValueError, match="unknown flavor 'beta_dart'.*beta-darts"):
+        plan_patch(root, "beta_dart")
+
 def test_the_python_example_of_integrations_md_runs(tmp_path):
     """docs/integrations.md, "patch-repo from Python": patch and undo a (fake) checkout."""
     root = make(tmp_path, "sdarts")

@@ -411,10 +411,12 @@ def flags_block(indent: str = "") -> str:
 
 
 def _flavor(name: str) -> Flavor:
-    try:
-        return FLAVORS[name]
-    except KeyError:
-        raise ValueError(f"unknown flavor {name!r}; expected one of {', '.join(FLAVORS)}") from None
+    # '_' and '-' alike (beta_darts = beta-darts), as the integrations/ folders and the CLI spell them
+    key = str(name).strip().lower().replace("_", "-")
+    for flavor_name, flavor in FLAVORS.items():
+        if flavor_name.replace("_", "-") == key:
+            return flavor
+    raise ValueError(f"unknown flavor {name!r}; expected one of {', '.join(FLAVORS)}")
 
 
 def _inside(directory: Path, relative: str) -> Path:

@@ -8,8 +8,12 @@
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import signal
 import sys
+import warnings
+from collections.abc import Iterator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -66,6 +70,57 @@ class Progress:
                 self._stream.stream.write("\n")
                 self._stream.stream.flush()
             self._stream.open_line = False
+
+
+    def clear_line(self) -> None:
+        """Make room for a message on stderr while bars are open: on a terminal clear the bars
+        (tqdm redraws them at their next update); in a pipe or a file end the bar's line."""
+        if self._stream is None or not self._stream.open_line:
+            return
+        if _isatty(self._stream.stream):
+            for bar in self._bars:
+                bar.clear()
+            self._stream.open_line = False
+        else:
+            self.end_line()
+
+    @contextlib.contextmanager
+    def guard_messages(self) -> Iterator[None]:
+        """While the run lasts, log records and warnings from the library (a warning in the
+        middle of an epoch) start on a line of their own instead of continuing a bar's line."""
+        if not self.enabled:
+            yield
+            return
+        guard = _ClearBarLine(self)
+        handlers = [h for h in logging.getLogger().handlers
+                    if getattr(h, "stream", None) is sys.stderr]
+        for handler in handlers:
+            handler.addFilter(guard)
+        shown = warnings.showwarning
+
+        def showwarning(*args: Any, **kwargs: Any) -> None:
+            self.clear_line()
+            shown(*args, **kwargs)
+
+        warnings.showwarning = showwarning
+        try:
+            yield
+        finally:
+            warnings.showwarning = shown
+            for handler in handlers:
+                handler.removeFilter(guard)
+
+
+class _ClearBarLine(logging.Filter):
+    """A handler filter that lets every record through after clearing a bar's open line."""
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__()
+        self.progress = progress
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.progress.clear_line()
+        return True
 
 
 def _isatty(stream: Any) -> bool:

@@ -260,7 +260,8 @@ def run_command(request: RunRequest) -> int:
             progress=progress, echo=_Echo(progress) if loud else _silent,
             estimate_time=d.is_main and warn_unsized(request, cfg, device))
         try:
-            return _execute(request, cfg, ctx, genotype)
+            with progress.guard_messages():
+                return _execute(request, cfg, ctx, genotype)
         except RuntimeError as err:
             if request.debug:
                 raise
@@ -396,8 +397,10 @@ def _finish(command: str, cfg: Config, folder: RunFolder, result: RunResult) -> 
     out = sys.stdout
     print("", file=out)
     if isinstance(cfg, SearchConfig):
-        print(f"search finished ({summary['stop_reason']}) after {summary['epochs_run']} epochs, "
-              f"{summary['alpha_steps']} alpha steps", file=out)
+        epochs, steps = summary["epochs_run"], summary["alpha_steps"]
+        print(f"search finished ({summary['stop_reason']}) after {epochs} "
+              f"epoch{'' if epochs == 1 else 's'}, {steps} alpha step{'' if steps == 1 else 's'}",
+              file=out)
         if summary["stop_reason"] == "early_stop":
             ratio = summary.get("early_stop_ratio")
             print(f"early stop at epoch {summary['early_stop_epoch']}: the alpha-Hessian "
