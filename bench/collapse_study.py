@@ -405,6 +405,12 @@ def report(args: argparse.Namespace) -> str:
     out = Path(args.out)
     results = _results(out)
     lines = []
+    if (out / "study.json").is_file():  # which setting these runs are (W, S, ...)
+        st = json.loads((out / "study.json").read_text())
+        lines += [f"Setting: {st.get('dataset')} subset {st.get('subset')} "
+                  f"({'W, the whole split' if st.get('subset') == 1.0 else 'a subset'}), "
+                  f"alpha lr {st.get('arch_lr')}, cap {st.get('max_alpha_steps')} alpha steps, "
+                  f"rule held for {st.get('stable')} epochs.", ""]
     if args.reference and (Path(args.reference) / "cells.jsonl").is_file():
         # percentiles against the table as it is now (it may have grown since a run was scored)
         table = [t["acc"] for t in cell_reference.load_table(args.reference)]
