@@ -19,7 +19,7 @@ live parametric ops and reference percentile against alpha steps.
     python bench/collapse_study.py --out /work/runs/study --nice 19 --resume   # setting W
     python bench/collapse_study.py --out /work/runs/study_s --subset 0.2 --arch_lr 3e-2 \\
         --nice 19 --resume                                                      # setting S
-    python bench/collapse_study.py --out /work/runs/study --report --plot bench/collapse_study.png
+    python bench/collapse_study.py --out /work/runs/study --report     # report.md, figure there
     python bench/collapse_study.py --out /work/runs/study --archive bench/results/collapse_study
 
 A copy of an archive under ``--out`` continues the study with ``--resume`` (finished runs are
@@ -32,6 +32,7 @@ import csv
 import itertools
 import json
 import math
+import os
 import shutil
 import signal
 import statistics
@@ -452,10 +453,12 @@ def report(args: argparse.Namespace) -> str:
                         cells.append("-")
                 lines.append(f"| {a} | {b} | {cells[0]} | {cells[1]} |")
         lines += ["", *verdict(by_arm), ""]
-    if results and args.plot:
-        plot(out, results, Path(args.plot))
+    # default: beside the report in --out (setting W and setting S each keep their own figure)
+    figure = out / "collapse_study.png" if args.plot is None else args.plot
+    if results and figure:
+        plot(out, results, Path(figure))
         lines.append(f"![live parametric ops and reference percentile against alpha steps]"
-                     f"({args.plot})")
+                     f"({os.path.relpath(figure, out)})")
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     return text
@@ -506,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.description = __doc__.splitlines()[0]
     p.set_defaults(out="runs/collapse_study", spaces=["nb201"], estimators=None, subset=1.0,
                    arch_lr=1e-2, max_alpha_steps=10000, seeds=list(range(8)),
-                   plot="bench/collapse_study.png")
+                   plot=None)
     p.add_argument("--arms", nargs="+", default=list(ARMS))
     p.add_argument("--reference", default="bench/results/cell_reference",
                    help="cell reference table (bench/cell_reference.py) for the percentiles; "
