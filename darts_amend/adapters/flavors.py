@@ -290,7 +290,8 @@ def flags_block(indent: str = "") -> str:
 
 def get_flavor(name: str) -> Flavor:
     """The flavour called ``name``; ValueError naming the choices."""
-    # '_' and '-' alike (beta_darts = beta-darts), as the integrations/ folders and the CLI spell them
+    # '_' and '-' alike (beta_darts = beta-darts), as the integrations/ folders and the CLI
+    # spell them
     key = str(name).strip().lower().replace("_", "-")
     for flavor_name, flavor in FLAVORS.items():
         if flavor_name.replace("_", "-") == key:
