@@ -11,14 +11,13 @@ import pytest
 
 from darts_amend import estimators, options
 from darts_amend.cli import build_parser, main
-from darts_amend.cli.config import (
+from darts_amend.cli.config import config_from_dict, config_to_dict
+from darts_amend.cli.settings import (
     OPTION_FLAGS,
     OPTIONS_NOT_SETTINGS,
     SETTING_OPTIONS,
     SearchConfig,
     TrainConfig,
-    config_from_dict,
-    config_to_dict,
     estimator_options,
     option_value,
 )
@@ -143,7 +142,8 @@ def test_help_shows_auto_for_defaults_the_help_text_explains():
     (threads: torch's choice; layers: by space), "[dataset default ...]" otherwise."""
     import argparse
 
-    from darts_amend.cli.config import SearchConfig, add_config_flags
+    from darts_amend.cli.config import add_config_flags
+    from darts_amend.cli.settings import SearchConfig
 
     parser = argparse.ArgumentParser()
     add_config_flags(parser, SearchConfig)

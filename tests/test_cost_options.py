@@ -358,8 +358,7 @@ def test_adapter_flags_reach_the_options():
 
 
 def test_search_flags_reach_the_options():
-    from darts_amend.cli.config import SearchConfig
-    from darts_amend.cli.search import estimator_options
+    from darts_amend.cli.settings import SearchConfig, estimator_options
 
     cfg = SearchConfig(hvp_chunks=4, second_order_batch=16, hvp_mode="forward_difference")
     opts = estimator_options(cfg)

@@ -345,10 +345,10 @@ def test_eta_as_a_0d_tensor_is_the_same_as_the_float():
 
 
 def test_docs_list_every_declared_range():
-    """docs/errors.md's range table is the field metadata of cli/config.py, row for row."""
+    """docs/errors.md's range table is the field metadata of cli/settings.py, row for row."""
     import dataclasses
 
-    from darts_amend.cli.config import SearchConfig, TrainConfig
+    from darts_amend.cli.settings import SearchConfig, TrainConfig, ValidRange
 
     flat = re.sub(r"\s+", " ", DOCS.read_text())
     declared = {}
@@ -359,8 +359,6 @@ def test_docs_list_every_declared_range():
     assert len(declared) >= 40
     documented = dict(re.findall(r"\| `--(\w+)` \| `([\[(][^`]+[\])])` \|", flat))
     assert set(documented) == set(declared)
-    from darts_amend.cli.config import ValidRange
-
     assert all(ValidRange.parse(documented[k]) == v for k, v in declared.items())
 
 

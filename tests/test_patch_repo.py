@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -10,14 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import one_thread  # noqa: F401  (autouse fixture: one intra-op thread per test)
 
-from darts_amend.adapters.patch_repo import (
-    FLAGS_BEGIN,
-    PDARTS_EDIT,
-    dropin_text,
-    flags_block,
-    plan_patch,
-    scan_compat,
-)
+from darts_amend.adapters.flavors import FLAGS_BEGIN, PDARTS_EDIT, dropin_text, flags_block
+from darts_amend.adapters.patch_repo import plan_patch, scan_compat
 from darts_amend.cli import patch_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -377,3 +372,26 @@ def test_drop_in_imports_the_adapter():
     from darts_amend.adapters.p_darts import Architect
 
     assert namespace["Architect"] is Architect
+
+
+def test_patch_repo_exports_what_integrations_md_documents():
+    """Every name docs/integrations.md ("patch-repo from Python") shows Python users taking from
+    darts_amend.adapters.patch_repo is exported there; the flavour table's names are the objects
+    of darts_amend.adapters.flavors, re-exported."""
+    from darts_amend.adapters import flavors
+    from darts_amend.adapters import patch_repo as lib
+
+    text = (REPO_ROOT / "docs" / "integrations.md").read_text()
+    section = text.split("## patch-repo from Python", 1)[1].split("The fork adapters'", 1)[0]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    names = set(re.findall(r"`([A-Za-z_]\w*)(?:\([^`]*\))?`", section))
+    names |= set(re.findall(r"\b[A-Z][a-z]+(?:[A-Z][a-z]+)+\b", code))  # PatchPlan, UndoPlan, ...
+    imported = re.search(r"from darts_amend\.adapters\.patch_repo import (.+)", code)
+    names |= {name.strip() for name in imported.group(1).split(",")}
+    assert {"FLAVORS", "Flavor", "dropin_text", "flags_block", "PDARTS_EDIT", "PatchPlan",
+            "UndoPlan", "CheckoutError", "apply_patch", "plan_undo", "locate_checkout"} <= names
+    missing = sorted(name for name in names if name not in lib.__all__ or not hasattr(lib, name))
+    assert not missing, f"documented but not exported by adapters.patch_repo: {missing}"
+    shared = names & set(flavors.__all__)
+    assert {"FLAVORS", "dropin_text", "flags_block"} <= shared
+    assert all(getattr(lib, name) is getattr(flavors, name) for name in shared)

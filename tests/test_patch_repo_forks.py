@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import one_thread  # noqa: F401
 
-from darts_amend.adapters.patch_repo import (
+from darts_amend.adapters.flavors import (
     BETA_DARTS_EDIT,
     FLAGS_BEGIN,
     FLAVORS,

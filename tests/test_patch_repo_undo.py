@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from test_patch_repo import call, fake_checkout, tree
 
+from darts_amend.adapters import flavors
 from darts_amend.adapters import patch_repo as lib
 from darts_amend.cli import main
 
@@ -30,7 +31,7 @@ def test_undo_restores_the_checkout_byte_for_byte(tmp_path, capsys, flavor):
     before = _state(tmp_path)
     assert call(tmp_path, flavor) == 0
     patched = search.read_bytes()
-    assert patched.count(lib.FLAGS_BEGIN.encode() + b"\r\n") == 1  # the block is CRLF too
+    assert patched.count(flavors.FLAGS_BEGIN.encode() + b"\r\n") == 1  # the block is CRLF too
     assert b"\r\r" not in patched and patched.count(b"\n") == patched.count(b"\r\n")
     assert _state(tmp_path) != before
     capsys.readouterr()
@@ -66,13 +67,13 @@ def test_undo_keeps_later_edits_and_says_so(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "kept train_search.py.orig" in out
     text = search.read_text()
-    assert lib.FLAGS_BEGIN not in text and text.endswith("print('my change')\n")
+    assert flavors.FLAGS_BEGIN not in text and text.endswith("print('my change')\n")
     assert not (d / "architect.py.orig").exists()
 
 
 def test_undo_refuses_a_drop_in_without_backup(tmp_path, capsys):
     d = fake_checkout(tmp_path, "darts")
-    (d / "architect.py").write_text(lib.dropin_text("darts"))  # copied by hand, no backup
+    (d / "architect.py").write_text(flavors.dropin_text("darts"))  # copied by hand, no backup
     before = tree(tmp_path)
     assert main(["patch-repo", str(tmp_path), "--undo"]) == 2
     err = capsys.readouterr().err

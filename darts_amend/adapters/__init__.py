@@ -13,6 +13,8 @@
   ``network_optimizer``, keyword calls of the projection phase)
 * SmoothDARTS, DARTS- and RobustDARTS ship DARTS' architect interface: use
   :mod:`darts_amend.adapters.darts`
+* :mod:`darts_amend.adapters.flavors` -- the flavour table of ``darts-amend patch-repo``: each
+  fork's layout and markers, the drop-in text, the ``--amend_*`` flags block
 * :mod:`darts_amend.adapters.patch_repo` -- the checks and edits behind ``darts-amend patch-repo``
   (the sub-command itself, which prints, is :mod:`darts_amend.cli.patch_repo`)
 
@@ -24,4 +26,13 @@ docs/integrations.md). Nothing is imported eagerly: ``import darts_amend.adapter
 
 from __future__ import annotations
 
-__all__ = ["beta_darts", "darts", "darts_pt", "drnas", "p_darts", "patch_repo", "pc_darts"]
+__all__ = [
+    "beta_darts",
+    "darts",
+    "darts_pt",
+    "drnas",
+    "flavors",
+    "p_darts",
+    "patch_repo",
+    "pc_darts",
+]

@@ -4,7 +4,8 @@
 input prints ``darts-amend: error: ...`` to stderr and returns 2 before anything is written.
 
 Where things are: :mod:`~darts_amend.cli.parser` (sub-commands and flags),
-:mod:`~darts_amend.cli.config` (settings, presets, YAML, validation),
+:mod:`~darts_amend.cli.settings` (the settings: fields, defaults, ranges, presets),
+:mod:`~darts_amend.cli.config` (flags, YAML, stored configs, validation),
 :mod:`~darts_amend.cli.run` (orchestration of search and train), :mod:`~darts_amend.cli.search`
 and :mod:`~darts_amend.cli.train` (the loops), :mod:`~darts_amend.cli.runtime` (devices,
 torchrun, run folder, loaders), :mod:`~darts_amend.cli.checkpoint`, :mod:`~darts_amend.cli.plots`.

@@ -10,7 +10,8 @@ import argparse
 from typing import Any
 
 from . import patch_repo
-from .config import SEARCH_PRESETS, TRAIN_PRESETS, SearchConfig, TrainConfig, add_config_flags
+from .config import add_config_flags
+from .settings import SEARCH_PRESETS, TRAIN_PRESETS, SearchConfig, TrainConfig
 
 __all__ = ["build_parser"]
 

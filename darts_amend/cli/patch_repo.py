@@ -11,9 +11,8 @@ import os
 import re
 import sys
 
+from darts_amend.adapters.flavors import FLAVORS, PDARTS_EDIT
 from darts_amend.adapters.patch_repo import (
-    FLAVORS,
-    PDARTS_EDIT,
     CheckoutError,
     apply_patch,
     apply_undo,

@@ -18,17 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import (
-    SEARCH_PRESETS,
-    TRAIN_PRESETS,
-    CLIError,
-    SearchConfig,
-    TrainConfig,
-    build_config,
-    check_config,
-    config_to_dict,
-)
+from .config import CLIError, build_config, check_config, config_to_dict
 from .context import Progress, RunContext, RunResult
+from .settings import SEARCH_PRESETS, TRAIN_PRESETS, SearchConfig, TrainConfig
 
 if TYPE_CHECKING:
     import torch

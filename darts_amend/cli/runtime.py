@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .checkpoint import CURRENT, PREVIOUS, Checkpoints, write_atomic
-from .config import RUN_KEYS, CLIError
+from .config import CLIError
+from .settings import RUN_KEYS
 
 __all__ = [
     "Dist",
@@ -349,7 +350,8 @@ class RunFolder:
 
 
 def _defaults(command: str) -> dict[str, Any]:
-    from .config import SearchConfig, TrainConfig, config_to_dict
+    from .config import config_to_dict
+    from .settings import SearchConfig, TrainConfig
 
     return config_to_dict(SearchConfig() if command == "search" else TrainConfig())
 

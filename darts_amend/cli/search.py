@@ -20,7 +20,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import SearchConfig, estimator_options
 from .context import RunContext, RunResult
 from .runtime import (
     Dist,
@@ -36,6 +35,7 @@ from .runtime import (
     set_rng_state,
     write_json_atomic,
 )
+from .settings import SearchConfig, estimator_options
 
 __all__ = ["run_search", "estimator_options"]
 

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CLIError, TrainConfig, train_family_defaults
+from .config import CLIError
 from .context import RunContext, RunResult
 from .runtime import (
     Dist,
@@ -31,6 +31,7 @@ from .runtime import (
     set_rng_state,
     write_json_atomic,
 )
+from .settings import TrainConfig, train_family_defaults
 
 if TYPE_CHECKING:
     from darts_amend.data import DatasetInfo
