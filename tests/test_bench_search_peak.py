@@ -1,0 +1,27 @@
+"""bench/search_peak.py (the search part of bench/device_check.sh) runs the CLI on CPU too."""
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_search_peak_reports_a_row_per_estimator_and_leaves_nothing(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its run folders go here
+    spec = importlib.util.spec_from_file_location("search_peak", ROOT / "bench" / "search_peak.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--device", "cpu", "--layers", "2", "--init_channels", "2",
+                        "--batch_size", "4", "--fake_size", "16", "--epochs", "1",
+                        "--threads", "1", "--estimators", "first_order"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| first_order |")]
+    assert len(rows) == 1, out
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert float(cells[1]) > 0 and float(cells[2]) > 0  # s / epoch, wall s
+    assert int(cells[3]) == 2  # 8 alpha images / batch 4
+    assert float(cells[4]) > 0  # peak MiB
+    assert "search finished" not in out  # the CLI's own report is kept out of the table
+    assert not list(tmp_path.glob("search_peak-*"))  # the run folder was removed
