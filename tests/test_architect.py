@@ -258,6 +258,10 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             {"alpha": model.arch_parameters()[0].detach(), "grad_norm": info.grad_norm},
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
+        # both ranks done before either tears gloo down: a rank that closes its sockets while
+        # the other is still in a collective makes that one abort ("terminate called without
+        # an active exception", SIGABRT), which failed CI once
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 

@@ -253,7 +253,14 @@ def run_command(request: RunRequest) -> int:
             estimate_time=d.is_main and warn_unsized(request, cfg, device))
         try:
             with progress.guard_messages():
-                return _execute(request, cfg, ctx, genotype)
+                rc = _execute(request, cfg, ctx, genotype)
+            if rc == 0 and d.owns_group:
+                # every rank finished before any tears the group down: a gloo rank that closes
+                # its sockets while another is still in a collective makes that one abort
+                import torch.distributed as dist
+
+                dist.barrier()
+            return rc
         except RuntimeError as err:
             if request.debug:
                 raise
