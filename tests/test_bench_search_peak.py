@@ -25,3 +25,30 @@ def test_search_peak_reports_a_row_per_estimator_and_leaves_nothing(capsys, monk
     assert float(cells[4]) > 0  # peak MiB
     assert "search finished" not in out  # the CLI's own report is kept out of the table
     assert not list(tmp_path.glob("search_peak-*"))  # the run folder was removed
+
+
+def test_search_peak_profile_writes_the_operator_table(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    spec = importlib.util.spec_from_file_location("search_peak", ROOT / "bench" / "search_peak.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from darts_amend.cli import search as cli_search
+
+    hook = cli_search._on_step
+    out = tmp_path / "profile.txt"
+    # 2 epochs of 2 steps: one skipped, one warm-up, 2 profiled
+    assert module.main(["--device", "cpu", "--layers", "2", "--init_channels", "2",
+                        "--batch_size", "4", "--fake_size", "16", "--epochs", "2",
+                        "--threads", "1", "--estimators", "first_order",
+                        "--profile", str(out), "--profile_steps", "2"]) == 0
+    text = out.read_text()
+    assert text.startswith("2 search steps profiled (cpu)")
+    assert "Self CPU" in text and "aten::" in text and "nothing recorded" not in text
+    assert cli_search._on_step is hook  # the loop's hook is put back
+    assert "| first_order (profiled) |" in capsys.readouterr().out
+    # too few steps for the schedule: the file says so instead of an empty table
+    assert module.main(["--device", "cpu", "--layers", "2", "--init_channels", "2",
+                        "--batch_size", "4", "--fake_size", "16", "--epochs", "1",
+                        "--threads", "1", "--estimators", "first_order",
+                        "--profile", str(out), "--profile_steps", "2"]) == 0
+    assert "nothing recorded" in out.read_text()
