@@ -292,6 +292,18 @@ def table(results: list[dict[str, Any]], scale: float = 1e3) -> str:
                 ds = [r["terms"][t]["direction"][e] for r in rs]
                 cells.append(f"{ds.count('up')}/{ds.count('within')}/{ds.count('down')}")
             lines.append(f"| {gname} | {len(rs)} | {t} | " + " | ".join(cells) + " |")
+    lines += ["", "### Pooled over the states of a group", "",
+              "Mean over states of the per-state mean rate (x" + f"{scale:g}" + "), ± SE across "
+              "states, mark as above; in brackets the states whose mean is > 0.", "",
+              "| group | states | term | " + " | ".join(EDGES) + " |",
+              "|---|---|---|" + "---|" * len(EDGES)]
+    for gname, rs in groups.items():
+        for t in TABLE_TERMS:
+            cells = []
+            for e in range(len(EDGES)):
+                m = [r["terms"][t]["rate"][e]["mean"] for r in rs]
+                cells.append(f"{_fmt(_mean_se(m), scale)} ({sum(x > 0 for x in m)}/{len(m)})")
+            lines.append(f"| {gname} | {len(rs)} | {t} | " + " | ".join(cells) + " |")
     lines += ["", "### Per state", "",
               "| state | genotype (argmax per edge) | term | " + " | ".join(EDGES)
               + " | abs g2/g1 | cos(g2', g2_cg) |",
@@ -324,11 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cg_iterations", type=int, default=10)
     p.add_argument("--cg_damping", type=float, default=0.0)
     p.add_argument("--out", default=None, help="folder for op_pressure.json and table.md")
+    p.add_argument("--table_from", default=None, metavar="JSON",
+                   help="print the table of an op_pressure.json and exit (computes nothing)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.table_from:
+        print(table(json.loads(Path(args.table_from).read_text())["states"]))
+        return 0
     torch.set_num_threads(1)
     results = collect(args)
     text = table(results)

@@ -121,6 +121,10 @@ def test_none_components_are_the_estimators_terms(op, tmp_path) -> None:
     cos = [float((a * b).sum() / (a.norm() * b.norm()))
            for a, b in zip(want["g2_amended_0.1"], want["g2_cg"], strict=True)]
     assert r["cos_g2amended_g2cg"]["per_pair"] == pytest.approx(cos, rel=1e-4, abs=1e-6)
+    r["label"] = "initial W s3"
+    text = op.table([r])
+    rate = r["terms"]["g1"]["rate"][1]
+    assert "| initial W | 1 | g1 |" in text and op._fmt(rate, 1e3) in text
 
 
 def test_rate_has_the_sign_and_size_of_a_finite_step(op) -> None:
