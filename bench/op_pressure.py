@@ -324,6 +324,17 @@ def table(results: list[dict[str, Any]], scale: float = 1e3) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _rounded(obj: Any, digits: int = 6) -> Any:
+    """``obj`` with every float rounded to ``digits`` significant digits (a smaller JSON)."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}") if math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v, digits) for v in obj]
+    return obj
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--k", type=int, default=8, help="batch pairs per state")
@@ -355,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         cmd = "python bench/op_pressure.py " + " ".join(sys.argv[1:] if argv is None else argv)
         (out / "op_pressure.json").write_text(json.dumps(
-            {"command": cmd, "terms": list(TERMS), "states": results}, indent=1) + "\n")
+            _rounded({"command": cmd, "terms": list(TERMS), "states": results})) + "\n")
         (out / "table.md").write_text(f"# op_pressure\n\n    {cmd}\n\n{text}")
     return 0
 
