@@ -272,7 +272,8 @@ def _fmt(s: dict[str, float], scale: float) -> str:
     return f"{s['mean'] * scale:.2f}±{s['se'] * scale:.2f} {mark}"
 
 
-TABLE_TERMS = ("g1", "g2_amended_0.1", "g2_amended_1", "g2_cg", "g_amended_0.1", "g_cg")
+TABLE_TERMS = ("g1", "g2_amended_0.1", "g2_amended_1", "g2_cg", "g_amended_0.1", "g_amended_1",
+               "g_cg")
 
 
 def table(results: list[dict[str, Any]], scale: float = 1e3) -> str:
