@@ -4,8 +4,10 @@ re-exported from the public testing kit (darts_amend.testing)."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from darts_amend.hvp import split_parameters
 from darts_amend.testing import MixedMLP, QuadraticBilevel, dense_derivatives
 
 __all__ = [
+    "load_bench",
     "DEVICE",
     "ArchNet",
     "NoArchNet",
@@ -176,3 +179,12 @@ def make_batch(
     x = torch.randn(n, d_in, dtype=dtype, generator=gen)
     y = torch.randint(0, classes, (n,), generator=gen)
     return x.to(DEVICE), y.to(DEVICE)
+
+
+def load_bench(name: str):
+    """The script ``bench/<name>.py`` imported as a module (bench/ is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

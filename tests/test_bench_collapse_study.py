@@ -4,7 +4,6 @@ pre-registered verdict on a tiny fake archive, and a micro study that resumes fr
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import shutil
@@ -12,21 +11,12 @@ import statistics
 from pathlib import Path
 
 import pytest
+from helpers import load_bench
 from helpers import one_thread  # noqa: F401  (autouse fixture: one intra-op thread per test)
-
-_BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", _BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 @pytest.fixture(scope="module")
 def study():
-    return _load("collapse_study")
+    return load_bench("collapse_study")
 
 
 def test_mann_whitney_matches_scipy(study) -> None:
@@ -143,7 +133,7 @@ MICRO = ["--subset", "0.1", "--channels", "2", "--batch_size", "16", "--steps_pe
 
 
 def test_micro_study_resumes_from_its_archive(study, tmp_path, capsys) -> None:
-    ref = _load("cell_reference")
+    ref = load_bench("cell_reference")
     table = tmp_path / "reference"
     assert ref.main(["--out", str(table), "--cells", "3", "--folds", "2", "--epochs", "1",
                      "--channels", "2", "--batch_size", "128"]) == 0

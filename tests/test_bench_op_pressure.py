@@ -5,27 +5,17 @@ direct finite step."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_bench
 from helpers import one_thread  # noqa: F401  (autouse fixture: one intra-op thread per test)
-
-_BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", _BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 @pytest.fixture(scope="module")
 def op():
-    return _load("op_pressure")
+    return load_bench("op_pressure")
 
 
 def _argv(out: Path, steps: int = 1) -> list[str]:

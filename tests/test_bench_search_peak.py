@@ -1,18 +1,14 @@
 """bench/search_peak.py (the search part of bench/device_check.sh) runs the CLI on CPU too."""
 from __future__ import annotations
 
-import importlib.util
 import tempfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import load_bench
 
 
 def test_search_peak_reports_a_row_per_estimator_and_leaves_nothing(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its run folders go here
-    spec = importlib.util.spec_from_file_location("search_peak", ROOT / "bench" / "search_peak.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_bench("search_peak")
     assert module.main(["--device", "cpu", "--layers", "2", "--init_channels", "2",
                         "--batch_size", "4", "--fake_size", "16", "--epochs", "1",
                         "--threads", "1", "--estimators", "first_order"]) == 0
@@ -29,9 +25,7 @@ def test_search_peak_reports_a_row_per_estimator_and_leaves_nothing(capsys, monk
 
 def test_search_peak_profile_writes_the_operator_table(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    spec = importlib.util.spec_from_file_location("search_peak", ROOT / "bench" / "search_peak.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_bench("search_peak")
     from darts_amend.cli import search as cli_search
 
     hook = cli_search._on_step
