@@ -21,6 +21,8 @@ live parametric ops and reference percentile against alpha steps.
         --nice 19 --resume                                                      # setting S
     python bench/collapse_study.py --out /work/runs/study --report     # report.md, figure there
     python bench/collapse_study.py --out /work/runs/study --archive bench/results/collapse_study
+    python bench/collapse_study.py --heldout bench/results/collapse_study \\
+        bench/results/collapse_study_s > bench/results/collapse_heldout.md   # E1, E2
 
 A copy of an archive under ``--out`` continues the study with ``--resume`` (finished runs are
 skipped; unfinished ones start over).
@@ -101,6 +103,18 @@ def mann_whitney_greater(x: list[float], y: list[float]) -> dict[str, float]:
         p = 0.5 * math.erfc(z / math.sqrt(2))
     diffs = sorted(a - b for a in x for b in y)
     return {"U": u, "p": p, "A": u / (nx * ny), "hl": statistics.median(diffs)}
+
+
+def fisher_greater(a: int, b: int, c: int, d: int) -> float:
+    """One-sided Fisher exact test on the 2x2 table ``[[a, b], [c, d]]`` (rows: group 1, group
+    2; columns: with the trait, without), H1: group 1 has the trait more often. ``p`` = P(X >= a)
+    for X hypergeometric with the table's margins."""
+    if min(a, b, c, d) < 0:
+        raise ValueError("fisher_greater: counts must be >= 0")
+    n1, n2, k = a + b, c + d, a + c
+    total = math.comb(n1 + n2, k)
+    hits = sum(math.comb(n1, i) * math.comb(n2, k - i) for i in range(a, min(n1, k) + 1))
+    return hits / total
 
 
 # --------------------------------------------------------------------------- per-run metrics
@@ -464,6 +478,112 @@ def report(args: argparse.Namespace) -> str:
     return text
 
 
+AMENDED_ARMS = ("amended_0.1", "amended_1")
+OTHER_ARMS = ("first_order", "unrolled_exact", "unrolled_fd", "implicit_cg")
+
+
+def input_edges_none(genotype: dict[str, Any]) -> bool:
+    """True when an nb201 cell has ``none`` on both edges from its input to nodes 2 and 3
+    (``0->2`` and ``0->3``): every path leaves the input through the edge to node 1."""
+    nodes = genotype["nb201"].strip("|").split("|+|")
+    first = [node.strip("|").split("|")[0] for node in nodes]  # "op~0" of nodes 1, 2, 3
+    return first[1] == "none~0" and first[2] == "none~0"
+
+
+def _held_out(folder: Path, reference: str | None) -> tuple[str, list[dict], list[dict], dict]:
+    """(setting label, held-out runs, all runs, seen counts per arm) of one archive."""
+    rows = _results(folder)
+    if reference and (Path(reference) / "cells.jsonl").is_file():
+        table = [t["acc"] for t in cell_reference.load_table(reference)]
+        for r in rows:
+            if r.get("cv_acc") is not None:
+                r["percentile"] = cell_reference.percentile(r["cv_acc"], table)
+    meta = folder / "heldout.json"
+    if not meta.is_file():
+        raise SystemExit(f"collapse_study.py: no heldout.json in {folder} (the list of runs "
+                         "seen when the held-out hypotheses were written)")
+    seen = {(a, int(s)) for a, s in json.loads(meta.read_text())["seen"]}
+    st = json.loads((folder / "study.json").read_text()) if (folder / "study.json").is_file() \
+        else {}
+    label = "W" if st.get("subset", 1.0) == 1.0 else f"S (subset {st.get('subset')})"
+    counts: dict[str, int] = {}
+    for a, _ in seen:
+        counts[a] = counts.get(a, 0) + 1
+    return label, [r for r in rows if (r["arm"], r["seed"]) not in seen], rows, counts
+
+
+def heldout_report(folders: list[str], reference: str | None, seeds: int = 8) -> str:
+    """The exploratory hypotheses E1 and E2 of the pre-registration addendum
+    (docs/benchmarks.md), tested on the runs not seen when they were written."""
+    lines = ["## Held-out exploratory tests (pre-registration addendum of 2026-12-04)", "",
+             "Only runs absent from each archive's `heldout.json` count; neither test changes "
+             "the pre-registered verdict.", ""]
+    pooled: dict[str, list[int]] = {"held": [0, 0, 0, 0], "all": [0, 0, 0, 0]}
+    complete = True
+    for folder in folders:
+        label, held, rows, seen = _held_out(Path(folder), reference)
+        want = {a: seeds - seen.get(a, 0) for a in (*AMENDED_ARMS, *OTHER_ARMS)}
+        have = {a: sum(r["arm"] == a for r in held) for a in want}
+        complete &= all(have[a] >= want[a] for a in want)
+        lines.append(f"Setting {label} ({folder}): {len(held)} held-out runs finished "
+                     f"(" + ", ".join(f"{a} {have[a]}/{want[a]}" for a in want) + ").")
+        for key, runs in (("held", held), ("all", rows)):
+            for r in runs:
+                if r["arm"] in AMENDED_ARMS + OTHER_ARMS:
+                    i = 0 if r["arm"] in AMENDED_ARMS else 2
+                    pooled[key][i + (0 if input_edges_none(r["genotype"]) else 1)] += 1
+        if label != "W":
+            continue
+        lines += ["", f"E1 (setting {label}): `{PRIMARY}` reference percentile lower than each "
+                  "baseline's (one-sided exact Mann-Whitney; A = P(amended > baseline), HL = "
+                  "median amended - baseline).", "",
+                  "| baseline | runs | amended_0.1 percentiles | baseline percentiles | p | A "
+                  "| HL |",
+                  "|---|---|---|---|---:|---:|---:|"]
+        ps = []
+        for key, runs in (("held-out", held), ("all (not a test)", rows)):
+            x = sorted(r["percentile"] for r in runs if r["arm"] == PRIMARY)
+            for b in BASELINES:
+                y = sorted(r["percentile"] for r in runs if r["arm"] == b)
+                if not x or not y:
+                    lines.append(f"| {b} | {key} | - | - | - | - | - |")
+                    continue
+                t = mann_whitney_greater(y, x)  # H1: baseline > amended
+                if key == "held-out":
+                    ps.append(t["p"])
+                lines.append(f"| {b} | {key} | {', '.join(f'{v:.1f}' for v in x)} | "
+                             f"{', '.join(f'{v:.1f}' for v in y)} | {t['p']:.3g} | "
+                             f"{1 - t['A']:.2f} | {-t['hl']:+.1f} |")
+        full = all(have[a] >= want[a] for a in (PRIMARY, *BASELINES))
+        if len(ps) < 2 or not full:
+            state = "pending (held-out runs still missing)"
+        elif all(p < 0.05 for p in ps):
+            state = "supported (both p < 0.05; one held-out replication, not a confirmed effect)"
+        elif any(p > 0.2 for p in ps):
+            state = "not supported (a p > 0.2)"
+        else:
+            state = "undecided (0.05 <= p <= 0.2)"
+        lines += ["", f"E1: {state}.", ""]
+    a, b, c, d = pooled["held"]
+    p = fisher_greater(a, b, c, d) if a + b and c + d else math.nan
+    aa, ab, ac, ad = pooled["all"]
+    lines += ["", "E2 (settings pooled): `none` on both input edges 0->2 and 0->3, amended "
+              "(eta 0.1 and 1) against the other four arms (one-sided Fisher exact).", "",
+              "| runs | amended: with / of | others: with / of | p |", "|---|---|---|---:|",
+              f"| held-out | {a} / {a + b} | {c} / {c + d} | {p:.3g} |",
+              f"| all (not a test) | {aa} / {aa + ab} | {ac} / {ac + ad} | - |", ""]
+    if not complete or math.isnan(p):
+        state = "pending (held-out runs still missing)"
+    elif p < 0.01:
+        state = "supported (p < 0.01)"
+    elif p > 0.1:
+        state = "not supported (p > 0.1)"
+    else:
+        state = "undecided (0.01 <= p <= 0.1)"
+    lines.append(f"E2: {state}.")
+    return "\n".join(lines) + "\n"
+
+
 def plot(out: Path, results: list[dict[str, Any]], path: Path) -> None:
     """Two rows per space: live parametric ops, reference percentile; a colour per arm."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -522,6 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "trajectory.csv and cv_cache.jsonl there) and exit")
     p.add_argument("--diag_every", type=int, default=10,
                    help="epochs between alpha-Hessian eigenvalue / alignment measurements")
+    p.add_argument("--heldout", nargs="+", default=None, metavar="ARCHIVE",
+                   help="print the held-out exploratory tests (E1, E2 of the pre-registration "
+                        "addendum) over these archives, each with its heldout.json, and exit")
     return p
 
 
@@ -564,6 +687,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("collapse_study.py: use --arms")
     if args.inspect:
         return inspect(args)
+    if args.heldout:
+        print(heldout_report(args.heldout, args.reference, len(args.seeds)), end="")
+        return 0
     if args.report:
         print(report(args))
         return 0

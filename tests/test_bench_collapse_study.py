@@ -11,8 +11,11 @@ import statistics
 from pathlib import Path
 
 import pytest
-from helpers import load_bench
-from helpers import one_thread  # noqa: F401  (autouse fixture: one intra-op thread per test)
+from helpers import (
+    load_bench,
+    one_thread,  # noqa: F401  (autouse fixture: one intra-op thread per test)
+)
+
 
 @pytest.fixture(scope="module")
 def study():
@@ -187,3 +190,58 @@ def test_micro_study_resumes_from_its_archive(study, tmp_path, capsys) -> None:
     assert pct and pct[0] == pytest.approx(expected, abs=0.051) and pct[0] <= 100 * 3 / 8
     with open(again / "nb201" / "first_order-s1" / "trajectory.csv", newline="") as fh:
         assert next(csv.reader(fh)) == list(study.TRAJ_FIELDS)
+
+
+def test_fisher_matches_scipy_and_input_edge_pattern(study) -> None:
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for table in ([[12, 4], [1, 31]], [[0, 5], [3, 2]], [[3, 0], [0, 3]], [[2, 2], [2, 2]]):
+        ref = scipy_stats.fisher_exact(table, alternative="greater").pvalue
+        assert study.fisher_greater(*table[0], *table[1]) == pytest.approx(ref, rel=1e-12)
+    # complete separation 3 against 3: 1 / C(6, 3)
+    assert study.fisher_greater(3, 0, 0, 3) == pytest.approx(1 / 20)
+    with pytest.raises(ValueError):
+        study.fisher_greater(-1, 0, 0, 0)
+    cut = {"nb201": "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|none~0|none~1|nor_conv_1x1~2|"}
+    one = {"nb201": "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|skip_connect~0|none~1|none~2|"}
+    other = {"nb201": "|none~0|+|skip_connect~0|none~1|+|none~0|none~1|none~2|"}
+    assert study.input_edges_none(cut)
+    assert not study.input_edges_none(one) and not study.input_edges_none(other)
+
+
+def test_heldout_report_counts_only_unseen_runs(study, tmp_path) -> None:
+    root = tmp_path / "w"
+    root.mkdir()
+    pattern = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|none~0|none~1|nor_conv_1x1~2|"
+    plain = "|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|skip_connect~0|none~1|none~2|"
+    results = []
+    for seed in range(4):
+        for arm, pct in (("first_order", 60.0), ("unrolled_fd", 70.0), ("amended_0.1", 10.0),
+                         ("amended_1", 5.0), ("unrolled_exact", 50.0), ("implicit_cg", 40.0)):
+            amended = arm.startswith("amended")
+            # the seen seed 0 contradicts both hypotheses; it must not count
+            if seed == 0:
+                pct, amended = 100.0 - pct, not amended
+            results.append({"space": "nb201", "arm": arm, "seed": seed, "cv_acc": None,
+                            "percentile": pct + seed,
+                            "genotype": {"nb201": pattern if amended else plain}})
+    (root / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+    (root / "study.json").write_text(json.dumps({"subset": 1.0}))
+    seen = [[a, 0] for a in ("first_order", "unrolled_fd", "amended_0.1", "amended_1",
+                             "unrolled_exact", "implicit_cg")]
+    (root / "heldout.json").write_text(json.dumps({"seen": seen}))
+    text = study.heldout_report([str(root)], reference="", seeds=4)
+    # held-out: amended_0.1 at 11, 12, 13 against 61-63 / 71-73: complete separation, 3 vs 3
+    row = "| first_order | held-out | 11.0, 12.0, 13.0 | 61.0, 62.0, 63.0 | 0.05 | 0.00 | -50.0 |"
+    assert row in text
+    assert "E1: supported" not in text and "E1: undecided (0.05 <= p <= 0.2)." in text
+    # E2: 6 of 6 amended against 0 of 12 others held out: p = 1 / C(18, 6)
+    assert f"| held-out | 6 / 6 | 0 / 12 | {1 / math.comb(18, 6):.3g} |" in text
+    assert "| all (not a test) | 6 / 8 | 4 / 16 | - |" in text
+    assert "E2: supported (p < 0.01)." in text
+    # a held-out run still missing: both pending
+    (root / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results[:-1]))
+    text = study.heldout_report([str(root)], reference="", seeds=4)
+    assert "E2: pending" in text and "implicit_cg 2/3" in text
+    (root / "heldout.json").unlink()
+    with pytest.raises(SystemExit, match="no heldout.json"):
+        study.heldout_report([str(root)], reference="", seeds=4)
