@@ -88,22 +88,17 @@ def stored_config(search_dir: Path) -> Any:
 def build_state(cfg: Any, checkpoint: Path | None = None) -> tuple[nn.Module, Any, Any]:
     """(supernet in train mode, training set, (weight indices, alpha indices)) of a search.
 
-    The data and split come from the CLI (``darts_amend.cli.run._data``); the network is built
-    with the same call and seeding as ``darts_amend.cli.search.run_search`` (the test checks
-    the two agree bit for bit), then loaded from ``checkpoint`` when given."""
+    The data and split come from the CLI (``darts_amend.cli.run._data``); the network from
+    ``darts_amend.cli.search.search_network`` after the same seeding as ``run_search`` (the test
+    checks the two agree bit for bit), then loaded from ``checkpoint`` when given."""
     from darts_amend.cli.checkpoint import read_checkpoint
     from darts_amend.cli.run import _data
     from darts_amend.cli.runtime import seed_everything
-    from darts_amend.supernet import build_search_network
+    from darts_amend.cli.search import search_network
 
     train_set, _, info, split = _data(cfg, "search", cfg.seed)
     seed_everything(cfg.seed)
-    net = build_search_network(
-        cfg.space, C=cfg.init_channels, num_classes=info.num_classes, layers=cfg.layers,
-        in_channels=info.in_channels, partial_channels=cfg.partial_channels,
-        edge_normalization=cfg.edge_normalization, drop_path_prob=cfg.drop_path_prob,
-        dropout=cfg.dropout, auxiliary=cfg.auxiliary, auxiliary_weight=cfg.auxiliary_weight,
-        stem="imagenet" if cfg.dataset == "imagenet" else "cifar")
+    net = search_network(cfg, info)
     if checkpoint is not None:
         net.load_state_dict(read_checkpoint(Path(checkpoint))["model"])
     net.train()  # as the search: BatchNorm on batch statistics

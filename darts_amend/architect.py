@@ -23,7 +23,7 @@ import logging
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -50,7 +50,9 @@ class StepInfo:
     ``g1_norm`` / ``g2_norm``: norms of grad_alpha L_val and of the second (amending) term
     (0 for ``first_order``); ``cosine``: cos(g1, g2), nan when undefined; ``grad_norm``: norm of
     the applied hypergradient (after averaging over ranks); ``finite``: False when the step was
-    skipped because a loss or the hypergradient was not finite (alphas untouched).
+    skipped because a loss or the hypergradient was not finite (alphas untouched); ``solver``:
+    the estimator's :attr:`Hypergradient.info <darts_amend.Hypergradient>` (this rank's;
+    ``implicit_cg``: ``cg_iterations``, ``cg_stop``), empty otherwise.
     """
 
     val_loss: float
@@ -59,6 +61,7 @@ class StepInfo:
     cosine: float
     grad_norm: float
     finite: bool
+    solver: dict[str, Any] = field(default_factory=dict)
 
 
 def _distributed() -> bool:
@@ -234,6 +237,7 @@ class AmendedArchitect:
             cosine=result.cosine("g1", "g2"),  # nan without g2
             grad_norm=float(list_norm(grads)),  # the applied (all-reduced) hypergradient
             finite=finite,
+            solver=dict(result.info),
         )
 
     # ------------------------------------------------------------------ state

@@ -22,10 +22,13 @@ evaluations of one estimate replay the same random numbers when the forward draw
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -70,13 +73,17 @@ class Hypergradient:
     ``terms``: its named parts, always ``"g1"`` (grad_alpha L_val), and ``"g2"`` (the second /
     amending term, ``grads = g1 + g2``) for every estimator but ``first_order``;
     ``val_loss``: the detached validation loss at which ``g1`` was taken;
-    ``train_loss``: the detached training loss where the estimator evaluated it (else ``None``).
+    ``train_loss``: the detached training loss where the estimator evaluated it (else ``None``);
+    ``info``: what the estimator's solver did (``implicit_cg``: ``"cg_iterations"``, the CG
+    updates made, and ``"cg_stop"``, ``"tol"`` / ``"iterations"`` / ``"curvature"``; see
+    :class:`darts_amend.linear_solve.CGInfo`); empty for the other estimators.
     """
 
     grads: tuple[Tensor, ...]
     terms: dict[str, tuple[Tensor, ...]] = field(default_factory=dict)
     val_loss: Tensor = field(default_factory=lambda: torch.tensor(math.nan))
     train_loss: Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
     def is_finite(self) -> bool:
         """True when the loss and every hypergradient entry are finite."""
@@ -345,11 +352,31 @@ def implicit_cg(
     tol = check_option("tol", tol)
     options = ProductOptions.check(mode, r, chunks, second_order_batch, fast_depthwise)
 
+    cg: list[Any] = []
+
     def solve(hvp: Matvec, v: TensorList) -> TensorList:
-        return solve_cg(make_ridge_matvec(hvp, damping), v, iterations, tol=tol)  # (H + d I) x = v
+        # (H + d I) x = v
+        x, info = solve_cg(make_ridge_matvec(hvp, damping), v, iterations, tol=tol,
+                           return_info=True)
+        cg.append(info)
+        return x
 
     prepared = prepare(model, loss_fn, train_batch=train_batch, valid_batch=valid_batch)
-    return _with_second_term(prepared, train_batch, valid_batch, options, solve)
+    result = _with_second_term(prepared, train_batch, valid_batch, options, solve)
+    (info,) = cg
+    if info.stop == "curvature" and info.iterations == 0:
+        warnings.warn(
+            # one text for every occurrence, so the default filter shows it once per place
+            "implicit_cg: <v, (H + damping I) v> is not positive, so conjugate gradient "
+            "stopped before its first update and g2 = 0: this estimate is the first-order "
+            "one (a larger damping, --cg_damping on the command line, makes this rarer; "
+            "Hypergradient.info and the search's arch/cg_* metrics count it)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return dataclasses.replace(
+        result, info={"cg_iterations": info.iterations, "cg_stop": info.stop}
+    )
 
 
 @with_common_random_numbers

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import NamedTuple
 
 import torch
 
 from ._types import Matvec, TensorList
 from .tensorlist import list_dot
 
-__all__ = ["make_ridge_matvec", "solve_cg", "solve_neumann"]
+__all__ = ["CGInfo", "make_ridge_matvec", "solve_cg", "solve_neumann"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,20 +28,44 @@ def make_ridge_matvec(matvec: Matvec, damping: float) -> Matvec:
     return lambda u: [h + damping * t for h, t in zip(matvec(u), u, strict=True)]
 
 
-def solve_cg(matvec: Matvec, b: TensorList, iterations: int, *, tol: float = 1e-12) -> TensorList:
+class CGInfo(NamedTuple):
+    """How :func:`solve_cg` ended.
+
+    ``iterations``: updates of x made (0: x = 0); ``stop``: ``"tol"`` (residual small enough),
+    ``"iterations"`` (the budget ran out) or ``"curvature"`` (a direction with ``<p, A p> <= 0``
+    or not finite: A is not positive-definite there, x is the iterate before it);
+    ``curvature``: that ``<p, A p>`` (nan unless ``stop == "curvature"``).
+    """
+
+    iterations: int
+    stop: str
+    curvature: float = math.nan
+
+
+def solve_cg(
+    matvec: Matvec,
+    b: TensorList,
+    iterations: int,
+    *,
+    tol: float = 1e-12,
+    return_info: bool = False,
+) -> TensorList | tuple[TensorList, CGInfo]:
     """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` (x0 = 0) by
     conjugate gradient.
 
     Stops after ``iterations`` products, when the residual norm falls below ``tol * ||b||``, or
-    at a direction of non-positive curvature (``A`` not positive-definite there; logged).
+    at a direction of non-positive curvature (``A`` not positive-definite there; logged). With
+    ``return_info=True`` returns ``(x, CGInfo)``, which says which of the three happened.
     """
     x = [torch.zeros_like(t) for t in b]
     res = [t.clone() for t in b]  # r0 = b - A x0 = b
     p = [t.clone() for t in b]
     rs = float(list_dot(res, res))
     stop = (tol**2) * rs
+    info = CGInfo(iterations, "iterations")
     for k in range(iterations):
         if rs <= stop or rs == 0.0:
+            info = CGInfo(k, "tol")
             break
         ap = matvec(p)
         pap = float(list_dot(p, ap))
@@ -48,6 +73,7 @@ def solve_cg(matvec: Matvec, b: TensorList, iterations: int, *, tol: float = 1e-
             logger.debug(
                 "conjugate_gradient: curvature %.3g <= 0 at iteration %d; stopping", pap, k
             )
+            info = CGInfo(k, "curvature", pap)
             break
         step = rs / pap  # a_k = <r, r> / <p, A p>
         x = [xi + step * pi for xi, pi in zip(x, p, strict=True)]
@@ -55,7 +81,10 @@ def solve_cg(matvec: Matvec, b: TensorList, iterations: int, *, tol: float = 1e-
         rs_new = float(list_dot(res, res))
         p = [ri + (rs_new / rs) * pi for ri, pi in zip(res, p, strict=True)]  # b_k = rs'/rs
         rs = rs_new
-    return x
+    else:
+        if iterations > 0 and (rs <= stop or rs == 0.0):
+            info = CGInfo(iterations, "tol")
+    return (x, info) if return_info else x
 
 
 def solve_neumann(matvec: Matvec, b: TensorList, terms: int, gamma: float) -> TensorList:

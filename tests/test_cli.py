@@ -426,3 +426,21 @@ def test_paper_size_search_on_cpu_warns_and_estimates_epoch_time(tmp_path, capsy
     assert main(["search", *TINY, "--epochs", "2", "--output", str(tmp_path / "o")]) == 0
     line = [ln for ln in capsys.readouterr().err.splitlines() if "first step" in ln]
     assert len(line) == 1 and "per epoch (2 steps)" in line[0] and "for 2 epochs" in line[0]
+
+
+def test_search_records_how_implicit_cg_ended(tmp_path):
+    out = tmp_path / "cg"
+    assert main(["search", *TINY, "--epochs", "1", "--estimator", "implicit_cg",
+                 "--cg_iterations", "3", "--output", str(out)]) == 0
+    (row,) = _lines(out)
+    assert 0.0 <= row["arch/cg_iterations"] <= 3.0
+    steps = row["alpha_steps"]
+    assert 0 <= row["arch/cg_first_direction_stops"] <= row["arch/cg_curvature_stops"] <= steps
+    fo = tmp_path / "fo"
+    assert main(["search", *TINY, "--epochs", "1", "--output", str(fo)]) == 0
+    assert not any(k.startswith("arch/cg_") for k in _lines(fo)[0])  # implicit_cg only
+    # a checkpoint written before these sums existed still resumes
+    old = {k: 0.0 for k in ("val_loss", "g1_norm", "g2_norm", "grad_norm", "cosine",
+                            "cosine_n", "nonfinite")}
+    acc = search_mod._Accum(arch=old)
+    assert acc.arch["cg_steps"] == 0.0 and acc.arch["cg_first_direction_stops"] == 0.0

@@ -401,3 +401,67 @@ def test_estimator_options_and_write_grads():
     assert torch.equal(alphas[0].grad, 2 * res.grads[0])
     assert res.norm() == pytest.approx(float(flat(res.grads).norm()))
     assert -1.0 <= res.cosine() <= 1.0
+
+
+# --------------------------------------------------------------------------- how CG stopped
+
+
+def test_solve_cg_reports_how_it_stopped():
+    from darts_amend.linear_solve import CGInfo, solve_cg
+
+    seed_all(3)
+    n = 5
+    Q = torch.randn(n, n, dtype=torch.float64)
+    spd = Q @ Q.t() + 0.5 * torch.eye(n, dtype=torch.float64)
+    b = torch.randn(n, dtype=torch.float64)
+
+    def mv(A):
+        return lambda u: [A @ u[0]]
+
+    x, info = solve_cg(mv(spd), [b], 50, return_info=True)
+    assert info.stop == "tol" and 1 <= info.iterations <= n and math.isnan(info.curvature)
+    assert_close(x[0], torch.linalg.solve(spd, b), rtol=1e-9, atol=1e-12)
+    x2 = solve_cg(mv(spd), [b], 50)  # default: the solution alone, the same numbers
+    assert torch.equal(x2[0], x[0])
+    assert solve_cg(mv(spd), [b], 2, return_info=True)[1] == CGInfo(2, "iterations")
+    # <b, A b> < 0: stops before the first update, x = 0, the curvature reported exactly
+    A = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    x, info = solve_cg(mv(A), [torch.tensor([0.1, 1.0], dtype=torch.float64)], 10,
+                       return_info=True)
+    assert info.stop == "curvature" and info.iterations == 0
+    assert info.curvature == pytest.approx(0.01 - 1.0, abs=1e-15) and not x[0].any()
+    # first direction positive; the A-conjugate one then has negative curvature (inertia 1, 1)
+    A = torch.diag(torch.tensor([2.0, -1.0], dtype=torch.float64))
+    x, info = solve_cg(mv(A), [torch.tensor([1.0, 0.5], dtype=torch.float64)], 10,
+                       return_info=True)
+    assert info.stop == "curvature" and info.iterations == 1 and info.curvature < 0
+    assert x[0].any()
+
+
+def test_implicit_cg_warns_when_negative_curvature_zeroes_g2():
+    import warnings
+
+    from darts_amend import AmendedArchitect
+
+    n = 3
+    H = torch.diag(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+    C = torch.tensor([[1.0, 0.5, -1.0], [0.0, 2.0, 1.0]], dtype=torch.float64)
+    v = torch.tensor([0.2, 1.0, 0.1], dtype=torch.float64)  # v^T H v = -1.955 < 0
+    model = QuadraticBilevel(C, torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64))
+    tb, vb = (H, torch.zeros(n, dtype=torch.float64)), (torch.zeros(n, n, dtype=torch.float64), -v)
+    with pytest.warns(RuntimeWarning, match="stopped before its first update and g2 = 0"):
+        hg = implicit_cg(model, tb, vb, iterations=10)
+    assert hg.info == {"cg_iterations": 0, "cg_stop": "curvature"}
+    assert not any(t.any() for t in hg.terms["g2"])
+    assert torch.equal(hg.grads[0], hg.terms["g1"][0])  # exactly the first-order estimate
+    # damping 3: H + 3 I is positive-definite, no warning, the dense solution
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hg = implicit_cg(model, tb, vb, iterations=10, damping=3.0)
+        arch = AmendedArchitect(model, estimator="implicit_cg", iterations=10, damping=3.0)
+        step = arch.step(tb, vb)
+    assert hg.info["cg_stop"] == "tol" and hg.info["cg_iterations"] <= n
+    x = torch.linalg.solve(H + 3.0 * torch.eye(n, dtype=torch.float64), v)
+    assert_close(hg.terms["g2"], -(C @ x), rtol=1e-9, atol=1e-12)
+    assert step.solver == hg.info  # StepInfo carries the solver's report
+    assert first_order(model, tb, vb).info == {} and amended(model, tb, vb).info == {}

@@ -37,7 +37,7 @@ from .runtime import (
 )
 from .settings import SearchConfig, estimator_options
 
-__all__ = ["run_search", "estimator_options"]
+__all__ = ["run_search", "search_network", "estimator_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +63,35 @@ def _weight_loss(net: nn.Module, out: Tensor | tuple[Tensor, Tensor],
     return F.cross_entropy(out, y), out
 
 
+_ARCH_SUMS = ("val_loss", "g1_norm", "g2_norm", "grad_norm", "cosine", "cosine_n", "nonfinite",
+              "cg_steps", "cg_iterations", "cg_curvature_stops", "cg_first_direction_stops")
+
+
 @dataclass
 class _Accum(EpochSums):
     """The epoch's training sums plus the architect's step info."""
 
-    arch: dict[str, float] = field(default_factory=lambda: {
-        "val_loss": 0.0, "g1_norm": 0.0, "g2_norm": 0.0, "grad_norm": 0.0,
-        "cosine": 0.0, "cosine_n": 0.0, "nonfinite": 0.0})
+    arch: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_ARCH_SUMS, 0.0))
+
+    def __post_init__(self) -> None:
+        for k in _ARCH_SUMS:  # a checkpoint written before a sum existed
+            self.arch.setdefault(k, 0.0)
+
+
+def search_network(cfg: SearchConfig, info: Any) -> nn.Module:
+    """The supernet ``darts-amend search`` trains for ``cfg`` on a dataset described by
+    ``info`` (``num_classes``, ``in_channels``), on the CPU, initialised from the global RNG:
+    after ``seed_everything(cfg.seed)`` it is the search's own starting network, bit for bit."""
+    from darts_amend.supernet import build_search_network
+
+    return build_search_network(
+        cfg.space, C=cfg.init_channels, num_classes=info.num_classes, layers=cfg.layers,
+        in_channels=info.in_channels, partial_channels=cfg.partial_channels,
+        edge_normalization=cfg.edge_normalization, drop_path_prob=cfg.drop_path_prob,
+        dropout=cfg.dropout, auxiliary=cfg.auxiliary, auxiliary_weight=cfg.auxiliary_weight,
+        # ImageNet-sized inputs: the stride-8 stem of DARTS' ImageNet network (as PC-DARTS)
+        stem="imagenet" if cfg.dataset == "imagenet" else "cifar",
+    )
 
 
 def run_search(cfg: SearchConfig, ctx: RunContext) -> RunResult:
@@ -78,7 +100,7 @@ def run_search(cfg: SearchConfig, ctx: RunContext) -> RunResult:
     Returns the summary (also written to ``summary.json``) and the genotype."""
     from darts_amend import AmendedArchitect
     from darts_amend.diagnostics import collapse_signals, epoch_diagnostics
-    from darts_amend.supernet import Genotype, build_search_network, get_space
+    from darts_amend.supernet import Genotype, get_space
 
     d: Dist = ctx.dist
     device: torch.device = ctx.device
@@ -90,14 +112,7 @@ def run_search(cfg: SearchConfig, ctx: RunContext) -> RunResult:
     early_stop = ({"window": cfg.early_stop_window, "lag": cfg.early_stop_lag,
                    "factor": cfg.early_stop_factor, "start_epoch": cfg.early_stop_start}
                   if cfg.early_stop else None)
-    net = build_search_network(
-        cfg.space, C=cfg.init_channels, num_classes=ctx.info.num_classes, layers=cfg.layers,
-        in_channels=ctx.info.in_channels, partial_channels=cfg.partial_channels,
-        edge_normalization=cfg.edge_normalization, drop_path_prob=cfg.drop_path_prob,
-        dropout=cfg.dropout, auxiliary=cfg.auxiliary, auxiliary_weight=cfg.auxiliary_weight,
-        # ImageNet-sized inputs: the stride-8 stem of DARTS' ImageNet network (as PC-DARTS)
-        stem="imagenet" if cfg.dataset == "imagenet" else "cifar",
-    ).to(device)
+    net = search_network(cfg, ctx.info).to(device)
     if d.enabled:  # identical alphas and weights on every rank from the start
         for t in list(net.parameters()) + list(net.buffers()):
             dist.broadcast(t.data, src=0)
@@ -221,6 +236,12 @@ def run_search(cfg: SearchConfig, ctx: RunContext) -> RunResult:
                 if math.isfinite(info.cosine):
                     a["cosine"] += info.cosine
                     a["cosine_n"] += 1
+                if "cg_stop" in info.solver:  # implicit_cg: how its solver ended
+                    a["cg_steps"] += 1
+                    a["cg_iterations"] += info.solver["cg_iterations"]
+                    if info.solver["cg_stop"] == "curvature":
+                        a["cg_curvature_stops"] += 1
+                        a["cg_first_direction_stops"] += info.solver["cg_iterations"] == 0
             else:
                 a["nonfinite"] += 1
             step += 1
@@ -269,6 +290,11 @@ def run_search(cfg: SearchConfig, ctx: RunContext) -> RunResult:
             "arch/grad_norm": arch["grad_norm"] / n_finite,
             "arch/cosine": (arch["cosine"] / arch["cosine_n"]) if arch["cosine_n"] else None,
             "arch/nonfinite_steps": int(arch["nonfinite"]),
+            **({  # implicit_cg only; counts over the epoch's steps (summed over ranks)
+                "arch/cg_iterations": arch["cg_iterations"] / arch["cg_steps"],
+                "arch/cg_curvature_stops": int(arch["cg_curvature_stops"]),
+                "arch/cg_first_direction_stops": int(arch["cg_first_direction_stops"]),
+            } if arch["cg_steps"] else {}),
             "drop_path_prob": net.drop_path_prob,
             "alphas": {k: w.tolist() for k, w in net.edge_weights().items()},
             "genotype": genotype.to_dict(),
