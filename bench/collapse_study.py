@@ -478,6 +478,43 @@ def report(args: argparse.Namespace) -> str:
     return text
 
 
+def _edges(genotype: dict[str, Any]) -> dict[tuple[int, int], str]:
+    """``{(from, to): op}`` of an nb201 genotype."""
+    out = {}
+    for j, node in enumerate(genotype["nb201"].strip("|").split("|+|"), start=1):
+        for item in node.strip("|").split("|"):
+            op, i = item.split("~")
+            out[(int(i), j)] = op
+    return out
+
+
+def runs_table(folders: list[str], reference: str | None) -> str:
+    """One markdown row per finished run of these archives (the per-run table of the docs):
+    setting, arm, seed, how it stopped, alpha steps, live parametric ops, degenerate (and why),
+    reference percentile, CV accuracy, ``none`` / skip edges of the 6."""
+    lines = ["| setting | arm | seed | stop | alpha steps | live | degenerate | pct | CV acc | "
+             "`none` / skip edges |", "|---|---|---:|---|---:|---:|---|---:|---:|---|"]
+    for folder in folders:
+        label, _, rows, _ = _held_out(Path(folder), reference, need_list=False)
+        label = label.split(" ")[0]
+        rows.sort(key=lambda r: (ARMS.index(r["arm"]) if r["arm"] in ARMS else len(ARMS),
+                                 r["arm"], r["seed"]))
+        for r in rows:
+            e = _edges(r["genotype"])
+            n_none = sum(op == "none" for op in e.values())
+            n_skip = sum(op == "skip_connect" for op in e.values())
+            deg = ("yes (disconnected)" if r["disconnected"] else
+                   ("yes (all-skip)" if n_skip == 6 else "yes") if r["degenerate"] else "no")
+            stop = "rule" if r["converged"] else (
+                "cap" if r["stop_reason"] == "epochs" else r["stop_reason"])
+            pct = "-" if r.get("percentile") is None else f"{r['percentile']:.1f}"
+            acc = "-" if r.get("cv_acc") is None else f"{r['cv_acc']:.4f}"
+            lines.append(f"| {label} | {r['arm']} | {r['seed']} | {stop} | "
+                         f"{r['alpha_steps']:,} | {r['live_parametric']} | {deg} | {pct} | "
+                         f"{acc} | {n_none} / {n_skip} |")
+    return "\n".join(lines) + "\n"
+
+
 AMENDED_ARMS = ("amended_0.1", "amended_1")
 OTHER_ARMS = ("first_order", "unrolled_exact", "unrolled_fd", "implicit_cg")
 
@@ -490,7 +527,8 @@ def input_edges_none(genotype: dict[str, Any]) -> bool:
     return first[1] == "none~0" and first[2] == "none~0"
 
 
-def _held_out(folder: Path, reference: str | None) -> tuple[str, list[dict], list[dict], dict]:
+def _held_out(folder: Path, reference: str | None, need_list: bool = True
+              ) -> tuple[str, list[dict], list[dict], dict]:
     """(setting label, held-out runs, all runs, seen counts per arm) of one archive."""
     rows = _results(folder)
     if reference and (Path(reference) / "cells.jsonl").is_file():
@@ -499,10 +537,13 @@ def _held_out(folder: Path, reference: str | None) -> tuple[str, list[dict], lis
             if r.get("cv_acc") is not None:
                 r["percentile"] = cell_reference.percentile(r["cv_acc"], table)
     meta = folder / "heldout.json"
-    if not meta.is_file():
+    if not need_list and not meta.is_file():
+        meta = None
+    elif not meta.is_file():
         raise SystemExit(f"collapse_study.py: no heldout.json in {folder} (the list of runs "
                          "seen when the held-out hypotheses were written)")
-    seen = {(a, int(s)) for a, s in json.loads(meta.read_text())["seen"]}
+    seen = set() if meta is None else {(a, int(s)) for a, s in
+                                       json.loads(meta.read_text())["seen"]}
     st = json.loads((folder / "study.json").read_text()) if (folder / "study.json").is_file() \
         else {}
     label = "W" if st.get("subset", 1.0) == 1.0 else f"S (subset {st.get('subset')})"
@@ -642,6 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "trajectory.csv and cv_cache.jsonl there) and exit")
     p.add_argument("--diag_every", type=int, default=10,
                    help="epochs between alpha-Hessian eigenvalue / alignment measurements")
+    p.add_argument("--table", nargs="+", default=None, metavar="ARCHIVE",
+                   help="print one markdown row per finished run of these archives and exit")
     p.add_argument("--heldout", nargs="+", default=None, metavar="ARCHIVE",
                    help="print the held-out exploratory tests (E1, E2 of the pre-registration "
                         "addendum) over these archives, each with its heldout.json, and exit")
@@ -687,6 +730,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("collapse_study.py: use --arms")
     if args.inspect:
         return inspect(args)
+    if args.table:
+        print(runs_table(args.table, args.reference), end="")
+        return 0
     if args.heldout:
         print(heldout_report(args.heldout, args.reference, len(args.seeds)), end="")
         return 0

@@ -245,3 +245,27 @@ def test_heldout_report_counts_only_unseen_runs(study, tmp_path) -> None:
     (root / "heldout.json").unlink()
     with pytest.raises(SystemExit, match="no heldout.json"):
         study.heldout_report([str(root)], reference="", seeds=4)
+
+
+def test_runs_table_rows(study, tmp_path) -> None:
+    root = tmp_path / "s"
+    root.mkdir()
+    (root / "study.json").write_text(json.dumps({"subset": 0.2}))
+    base = {"space": "nb201", "converged": True, "stop_reason": "converged",
+            "alpha_steps": 1234, "disconnected": False, "degenerate": False,
+            "live_parametric": 2, "percentile": 40.0, "cv_acc": 0.98891}
+    rows = [
+        {**base, "arm": "amended_1", "seed": 1, "genotype": {"nb201": "|nor_conv_3x3~0|+|none~0|"
+         "nor_conv_1x1~1|+|none~0|skip_connect~1|none~2|"}},
+        {**base, "arm": "first_order", "seed": 0, "converged": False, "stop_reason": "epochs",
+         "alpha_steps": 10005, "degenerate": True, "live_parametric": 0,
+         "genotype": {"nb201": "|skip_connect~0|+|skip_connect~0|skip_connect~1|+"
+                      "|skip_connect~0|skip_connect~1|skip_connect~2|"}},
+    ]
+    (root / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = study.runs_table([str(root)], reference="")
+    body = text.splitlines()[2:]
+    assert body == [  # arms in the study's order, then seeds; no heldout.json needed
+        "| S | first_order | 0 | cap | 10,005 | 0 | yes (all-skip) | 40.0 | 0.9889 | 0 / 6 |",
+        "| S | amended_1 | 1 | rule | 1,234 | 2 | no | 40.0 | 0.9889 | 3 / 1 |",
+    ]
