@@ -57,7 +57,8 @@ def main(repeats: int = 10) -> None:
         pairs = [(i, j) for i in range(repeats) for j in range(i + 1, repeats)]
         c1 = statistics.mean(list_cosine(g1s[i], g1s[j]) for i, j in pairs)
         c2 = statistics.mean(list_cosine(g2s[i], g2s[j]) for i, j in pairs)
-        ratio = statistics.median(float(list_norm(b) / list_norm(a)) for a, b in zip(g1s, g2s))
+        ratio = statistics.median(float(list_norm(b) / list_norm(a))
+                                  for a, b in zip(g1s, g2s, strict=True))
         print(f"{mode:18s} repeat cos g1 {c1:.3f}  g2 {c2:.3f}  median |g2|/|g1| {ratio:.3g}  "
               f"cos(g2, fixed-noise g2) mean {statistics.mean(to_ref):.4f} "
               f"min {min(to_ref):.4f}")

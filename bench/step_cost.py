@@ -102,7 +102,7 @@ class Cell(nn.Module):
         for _ in range(self.nodes):
             acc = 0
             for h in states:
-                acc = acc + sum(w * op(h) for w, op in zip(weights[e], self.edges[e]))
+                acc = acc + sum(w * op(h) for w, op in zip(weights[e], self.edges[e], strict=True))
                 e += 1
             states.append(acc)
         return sum(states[2:]) / self.nodes
@@ -231,7 +231,7 @@ def phase_times(args: argparse.Namespace) -> dict[str, float]:
         _grad(loss_fn(model, *tb), weights)
         mark()
         if i >= args.warmup:
-            for n, a, b in zip(names, marks, marks[1:]):
+            for n, a, b in zip(names, marks, marks[1:], strict=False):
                 samples[n].append((b - a) * 1e3)
     return {n: statistics.median(t) for n, t in samples.items()}
 

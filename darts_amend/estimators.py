@@ -369,8 +369,7 @@ def implicit_cg(
             # one text for every occurrence, so the default filter shows it once per place
             "implicit_cg: <v, (H + damping I) v> is not positive, so conjugate gradient "
             "stopped before its first update and g2 = 0: this estimate is the first-order "
-            "one (a larger damping, --cg_damping on the command line, makes this rarer; "
-            "Hypergradient.info and the search's arch/cg_* metrics count it)",
+            "one (a larger damping makes this rarer; Hypergradient.info records it)",
             RuntimeWarning,
             stacklevel=3,
         )

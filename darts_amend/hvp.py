@@ -290,13 +290,15 @@ def second_order_products(
 def training_products(
     prepared: Prepared,
     batch: Batch,
-    options: ProductOptions = ProductOptions(),
+    options: ProductOptions | None = None,
     base: tuple[Tensor, TensorList, TensorList] | None = None,
 ) -> Products:
     """:func:`second_order_products` of a prepared supernet as ``options`` say: on the first
     ``options.second_order_batch`` samples of ``batch`` (then ``base``, taken on the whole
     batch, is not used), in ``options.chunks`` micro-batches (a warning when train-mode
-    BatchNorm couples them)."""
+    BatchNorm couples them); ``options=None`` is ``ProductOptions()``."""
+    if options is None:
+        options = ProductOptions()
     if options.second_order_batch is not None:
         batch = take_batch(batch, options.second_order_batch)
         base = None  # the base gradients were taken on the whole batch

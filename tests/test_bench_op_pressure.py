@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import load_bench
-from helpers import one_thread  # noqa: F401  (autouse fixture: one intra-op thread per test)
+from helpers import (
+    load_bench,
+    one_thread,  # noqa: F401  (autouse fixture: one intra-op thread per test)
+)
+
 
 @pytest.fixture(scope="module")
 def op():

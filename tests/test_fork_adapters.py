@@ -124,7 +124,7 @@ def test_drnas_unrolled_after_widen_reads_the_new_optimizer_momentum():
     torch.manual_seed(4)
     architect.step(*tb, *vb, 0.025, optimizer, unrolled=True)
     got = architect._architect.last_hypergradient
-    for a, b in zip(got.grads, want.grads):
+    for a, b in zip(got.grads, want.grads, strict=True):
         assert torch.equal(a, b)
 
 
@@ -186,7 +186,7 @@ def test_beta_darts_nb201_call_adds_the_beta_decay_gradient(epoch):
     got = architect._architect.last_hypergradient
     closed = beta_decay_closed_form(net.arch_parameters(), epoch)
     assert_close(got.terms["g2"], plain.terms["g2"], rtol=1e-10, atol=1e-14)
-    want = [a + b for a, b in zip(plain.terms["g1"], closed)]
+    want = [a + b for a, b in zip(plain.terms["g1"], closed, strict=True)]
     # two sums of the same terms in another order: round-off ~1e-11 at lambda = 20
     assert_close(got.terms["g1"], want, rtol=1e-9, atol=1e-12)
     assert_same_state(before, _wb(net))
@@ -229,7 +229,7 @@ def test_beta_darts_second_order_also_gets_the_regulariser():
     architect.step(*tb, *vb, 0.025, None, 8, unrolled=True)
     got = architect._architect.last_hypergradient
     closed = beta_decay_closed_form(net.arch_parameters(), 8)
-    want = [a + b for a, b in zip(plain.grads, closed)]
+    want = [a + b for a, b in zip(plain.grads, closed, strict=True)]
     assert_close(got.grads, want, rtol=1e-10, atol=1e-14)
 
 

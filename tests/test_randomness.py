@@ -93,7 +93,7 @@ def test_repeat_estimates_from_one_seed_are_bit_identical(estimator, options):
     for _ in range(2):
         torch.manual_seed(3)
         results.append(estimator(net, tb, vb, **options))
-    for a, b in zip(results[0].grads, results[1].grads):
+    for a, b in zip(results[0].grads, results[1].grads, strict=True):
         assert torch.equal(a, b)
 
 
@@ -123,7 +123,7 @@ def test_deterministic_model_is_untouched_by_detection():
     a = amended(net, tb, vb, mode="finite_difference")
     assert torch.equal(torch.get_rng_state(), state)  # nothing drawn, nothing reset
     b = amended(net, tb, vb, mode="finite_difference", common_random_numbers=False)
-    for u, v in zip(a.grads, b.grads):
+    for u, v in zip(a.grads, b.grads, strict=True):
         assert torch.equal(u, v)
 
 

@@ -53,8 +53,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..architect import AmendedArchitect
 from .._types import MODES
+from ..architect import AmendedArchitect
 from ..estimators import ESTIMATORS
 from ..model import split_parameters, unwrap_model
 from ..options import ESTIMATOR_OPTIONS, OPTIONS, PRODUCT_OPTIONS, check_number

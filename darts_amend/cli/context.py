@@ -13,8 +13,7 @@ import logging
 import signal
 import sys
 import warnings
-from collections.abc import Iterator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 

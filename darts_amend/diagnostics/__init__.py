@@ -28,7 +28,8 @@ For the search command (what to call, once per search epoch)::
 ``collapse/kept_weight_min``, ``collapse/kept_weight_mean``, ``collapse/kept_above``,
 ``collapse/genotype`` (JSON string), ``collapse/converged``; on measured epochs ``eig/alphas``,
 ``eig/weights`` (+ ``_residual``, ``_seconds``), ``align/<estimator>/{cos_g2, rel_err_g2,
-g2_norm_ratio, cos_grad, rel_err_grad, seconds}``, ``align/reference_seconds``; with early stop
+g2_norm_ratio, cos_grad, rel_err_grad, seconds}``, ``align/reference_seconds`` (and
+``align/reference/{cg_stop, cg_iterations}`` with the ``implicit_cg`` reference); with early stop
 ``diag/early_stop``, ``diag/early_stop_ratio``, ``diag/revert_epoch``; always ``diag/seconds``.
 ``collapse_signals(model)`` alone gives the cheap ``collapse/*`` keys (no forward pass).
 Batches are ``(inputs, targets)``; the model's weights, BatchNorm statistics and the global RNG

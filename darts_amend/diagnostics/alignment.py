@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -60,13 +60,18 @@ class AlignmentReport:
     reference: str
     reference_seconds: float
     estimators: dict[str, EstimatorAlignment]
+    #: the reference's ``Hypergradient.info`` (``implicit_cg``: ``cg_iterations``, ``cg_stop``)
+    reference_info: dict[str, Any] = field(default_factory=dict)
 
-    def flat(self, prefix: str = "align") -> dict[str, float | None]:
-        """Flat JSON-ready keys ``{prefix}/{estimator}/{field}``; nan / inf become None."""
-        out: dict[str, float | None] = {f"{prefix}/reference_seconds": self.reference_seconds}
+    def flat(self, prefix: str = "align") -> dict[str, Any]:
+        """Flat JSON-ready keys ``{prefix}/{estimator}/{field}`` (nan / inf become None) and
+        ``{prefix}/reference/{key}`` for the reference's solver report."""
+        out: dict[str, Any] = {f"{prefix}/reference_seconds": self.reference_seconds}
+        for key, value in self.reference_info.items():
+            out[f"{prefix}/reference/{key}"] = value
         for name, res in self.estimators.items():
-            for field, value in vars(res).items():
-                out[f"{prefix}/{name}/{field}"] = value if math.isfinite(value) else None
+            for what, value in vars(res).items():
+                out[f"{prefix}/{name}/{what}"] = value if math.isfinite(value) else None
         return out
 
 
@@ -153,6 +158,7 @@ def alignment(
     with preserve_state(model), fixed_randomness(like.device) as reset:
         reset()
         start = time.perf_counter()
+        ref_info: dict[str, Any] = {}
         if ref_call is None:
             g1, g2 = dense_hypergradient(model, train_batch, valid_batch, loss_fn=loss_fn,
                                          **ref_opts)
@@ -161,6 +167,7 @@ def alignment(
             ref = ref_call(model, train_batch, valid_batch, loss_fn=loss_fn, **ref_opts)
             ref_g2 = flatten(ref.terms.get("g2", tuple(torch.zeros_like(a) for a in alphas)))
             ref_grad = flatten(ref.grads)
+            ref_info = dict(ref.info)
         ref_seconds = time.perf_counter() - start
         results = {}
         for name, opts in plan.items():
@@ -175,4 +182,4 @@ def alignment(
                 cos_g2=list_cosine([g2], [ref_g2]), rel_err_g2=_rel_err(g2, ref_g2),
                 g2_norm_ratio=_ratio(g2, ref_g2), cos_grad=list_cosine([grad], [ref_grad]),
                 rel_err_grad=_rel_err(grad, ref_grad), seconds=seconds)
-    return AlignmentReport(reference, ref_seconds, results)
+    return AlignmentReport(reference, ref_seconds, results, ref_info)

@@ -16,6 +16,7 @@ API notes (deviations from / additions to the coordination contract):
 
 from __future__ import annotations
 
+from .derive import derive_cell, derive_nb201, kept_edges, parameter_free_share
 from .evaluation import (
     EvalCell,
     NetworkCIFAR,
@@ -23,7 +24,6 @@ from .evaluation import (
     count_multiply_adds,
     count_parameters,
 )
-from .derive import derive_cell, derive_nb201, kept_edges, parameter_free_share
 from .genotypes import (
     DARTS_V1,
     DARTS_V2,
