@@ -328,13 +328,30 @@ def run_study(args: argparse.Namespace) -> int:
 
 def archive(args: argparse.Namespace) -> int:
     """Copy results, study settings, the CV cache and per-run trajectories / summaries / logs
-    (no checkpoints, no metrics.jsonl) to ``--archive DIR``."""
+    (no checkpoints, no metrics.jsonl) to ``--archive DIR``.
+
+    Merges into an existing archive: its runs stay (a run finished in ``--out`` replaces its
+    own entry), and CV-cache lines are added, so several ``--out`` folders of one study (e.g.
+    disjoint ``--seeds`` on two cores) can be archived into one place. Refused when the two
+    folders hold different study settings."""
     out, dest = Path(args.out), Path(args.archive)
     finished = _results(out)
+    if (dest / "study.json").is_file() and (out / "study.json").is_file():
+        a, b = (json.loads((d / "study.json").read_text()) for d in (dest, out))
+        if a != b:
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise SystemExit(f"collapse_study.py: {out} and {dest} are different studies "
+                             f"(settings differ: {', '.join(diff)}); nothing archived")
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("study.json", "cv_cache.jsonl"):
-        if (out / name).is_file():
-            shutil.copy2(out / name, dest / name)
+    if (out / "study.json").is_file():
+        shutil.copy2(out / "study.json", dest / "study.json")
+    if (out / "cv_cache.jsonl").is_file():
+        have = (dest / "cv_cache.jsonl").read_text().splitlines() \
+            if (dest / "cv_cache.jsonl").is_file() else []
+        known = set(have)
+        new = [line for line in (out / "cv_cache.jsonl").read_text().splitlines()
+               if line.strip() and line not in known]
+        (dest / "cv_cache.jsonl").write_text("".join(x + "\n" for x in have + new))
     for r in finished:
         run = Path(r["space"]) / f"{r['arm']}-s{r['seed']}"
         (dest / run / "search").mkdir(parents=True, exist_ok=True)
@@ -344,9 +361,12 @@ def archive(args: argparse.Namespace) -> int:
         for name in ("summary.json", "genotype.json", "config.json"):
             if (out / run / "search" / name).is_file():
                 shutil.copy2(out / run / "search" / name, dest / run / "search" / name)
+    merged = {(r["space"], r["arm"], r["seed"]): r for r in _results(dest)}
+    merged.update({(r["space"], r["arm"], r["seed"]): r for r in finished})
     with open(dest / "results.jsonl", "w") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in finished)
-    print(f"collapse_study.py: {len(finished)} finished runs archived in {dest}")
+        fh.writelines(json.dumps(r) + "\n" for r in merged.values())
+    print(f"collapse_study.py: {len(finished)} finished runs of {out} archived in {dest} "
+          f"({len(merged)} there now)")
     return 0
 
 

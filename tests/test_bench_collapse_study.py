@@ -190,6 +190,26 @@ def test_micro_study_resumes_from_its_archive(study, tmp_path, capsys) -> None:
     assert pct and pct[0] == pytest.approx(expected, abs=0.051) and pct[0] <= 100 * 3 / 8
     with open(again / "nb201" / "first_order-s1" / "trajectory.csv", newline="") as fh:
         assert next(csv.reader(fh)) == list(study.TRAJ_FIELDS)
+    # archiving merges: a folder with only seed 1 adds it to the archive that holds seed 0
+    only1 = tmp_path / "only1"
+    (only1 / "nb201").mkdir(parents=True)
+    shutil.copy2(again / "study.json", only1 / "study.json")
+    shutil.copytree(again / "nb201" / "first_order-s1", only1 / "nb201" / "first_order-s1")
+    (only1 / "results.jsonl").write_text(json.dumps(res[1]) + "\n")
+    assert study.main(["--out", str(only1), "--archive", str(arch)]) == 0
+    merged = {r["seed"]: r for r in study._results(arch)}
+    assert merged == res and (arch / "nb201" / "first_order-s1" / "trajectory.csv").is_file()
+    cache = (arch / "cv_cache.jsonl").read_text().splitlines()
+    assert len(cache) == len(set(cache))  # lines merged, none twice
+    # another study's folder is refused, the archive unchanged
+    other = tmp_path / "other"
+    other.mkdir()
+    st = json.loads((again / "study.json").read_text())
+    (other / "study.json").write_text(json.dumps({**st, "arch_lr": 0.5}))
+    before = (arch / "results.jsonl").read_text()
+    with pytest.raises(SystemExit, match="different studies.*arch_lr"):
+        study.main(["--out", str(other), "--archive", str(arch)])
+    assert (arch / "results.jsonl").read_text() == before
 
 
 def test_fisher_matches_scipy_and_input_edge_pattern(study) -> None:
