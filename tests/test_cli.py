@@ -428,11 +428,17 @@ def test_paper_size_search_on_cpu_warns_and_estimates_epoch_time(tmp_path, capsy
     assert len(line) == 1 and "per epoch (2 steps)" in line[0] and "for 2 epochs" in line[0]
 
 
-def test_search_records_how_implicit_cg_ended(tmp_path):
+def test_search_records_how_implicit_cg_ended(tmp_path, capsys):
     out = tmp_path / "cg"
-    assert main(["search", *TINY, "--epochs", "1", "--estimator", "implicit_cg",
+    quiet = [a for a in TINY if a != "-q"]
+    assert main(["search", *quiet, "--epochs", "1", "--estimator", "implicit_cg",
                  "--cg_iterations", "3", "--output", str(out)]) == 0
     (row,) = _lines(out)
+    # the epoch line says it too
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch 1/1"))
+    assert (f"CG {row['arch/cg_iterations']:.1f} updates/step, non-positive curvature in "
+            f"{row['arch/cg_curvature_stops']} of {row['alpha_steps']} steps (g2 = 0 in "
+            f"{row['arch/cg_first_direction_stops']})") in line
     assert 0.0 <= row["arch/cg_iterations"] <= 3.0
     steps = row["alpha_steps"]
     assert 0 <= row["arch/cg_first_direction_stops"] <= row["arch/cg_curvature_stops"] <= steps

@@ -320,10 +320,14 @@ def run_search(cfg: SearchConfig, ctx: RunContext) -> RunResult:
         folder.append_metrics(record)
         checkpoint(epoch, 0, acc)
         if d.is_main:
+            cg = ("" if "arch/cg_iterations" not in record else
+                  f"CG {record['arch/cg_iterations']:.1f} updates/step, non-positive curvature "
+                  f"in {record['arch/cg_curvature_stops']} of {int(arch['cg_steps'])} steps "
+                  f"(g2 = 0 in {record['arch/cg_first_direction_stops']}) ")
             ctx.echo(f"epoch {epoch}/{cfg.epochs}: train acc {record['train_acc']:.3f} "
                      f"valid acc {valid_acc:.3f} skip share "
                      f"{record['collapse/skip_share']:.2f} kept weight min "
-                     f"{record['collapse/kept_weight_min']:.3f} "
+                     f"{record['collapse/kept_weight_min']:.3f} {cg}"
                      f"({record['epoch_seconds']:.1f} s)")
         if early_stop is not None:  # decided on rank 0 (it alone diagnoses); all ranks stop
             stopped_early = _stop_flag(bool(d.is_main and record.get("diag/early_stop")), d,
