@@ -508,12 +508,27 @@ def _edges(genotype: dict[str, Any]) -> dict[tuple[int, int], str]:
     return out
 
 
+def _pattern_course(folder: Path, r: dict[str, Any]) -> str:
+    """When a run's genotype first had ``none`` on both input edges 0->2 and 0->3
+    (:func:`input_edges_none`), and in what share of its epochs; from its trajectory."""
+    path = folder / r["space"] / f"{r['arm']}-s{r['seed']}" / "trajectory.csv"
+    if not path.is_file():
+        return "-"
+    rows = read_rows(path)
+    flags = [input_edges_none(json.loads(x["genotype"])) for x in rows]
+    first = next((x["alpha_steps"] for x, f in zip(rows, flags, strict=True) if f), None)
+    share = sum(flags) / max(len(flags), 1)
+    return f"{'never' if first is None else f'{first:,}'} / {share:.2f}"
+
+
 def runs_table(folders: list[str], reference: str | None) -> str:
     """One markdown row per finished run of these archives (the per-run table of the docs):
     setting, arm, seed, how it stopped, alpha steps, live parametric ops, degenerate (and why),
-    reference percentile, CV accuracy, ``none`` / skip edges of the 6."""
+    reference percentile, CV accuracy, ``none`` / skip edges of the 6, and the course of the
+    input-edge pattern (``none`` on 0->2 and 0->3) along the run."""
     lines = ["| setting | arm | seed | stop | alpha steps | live | degenerate | pct | CV acc | "
-             "`none` / skip edges |", "|---|---|---:|---|---:|---:|---|---:|---:|---|"]
+             "`none` / skip edges | input pattern: first step / share of epochs |",
+             "|---|---|---:|---|---:|---:|---|---:|---:|---|---|"]
     for folder in folders:
         label, _, rows, _ = _held_out(Path(folder), reference, need_list=False)
         label = label.split(" ")[0]
@@ -531,7 +546,7 @@ def runs_table(folders: list[str], reference: str | None) -> str:
             acc = "-" if r.get("cv_acc") is None else f"{r['cv_acc']:.4f}"
             lines.append(f"| {label} | {r['arm']} | {r['seed']} | {stop} | "
                          f"{r['alpha_steps']:,} | {r['live_parametric']} | {deg} | {pct} | "
-                         f"{acc} | {n_none} / {n_skip} |")
+                         f"{acc} | {n_none} / {n_skip} | {_pattern_course(Path(folder), r)} |")
     return "\n".join(lines) + "\n"
 
 

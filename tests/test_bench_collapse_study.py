@@ -283,9 +283,16 @@ def test_runs_table_rows(study, tmp_path) -> None:
                       "|skip_connect~0|skip_connect~1|skip_connect~2|"}},
     ]
     (root / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # amended_1's trajectory: the input-edge pattern at steps 20 and 40 of 10, 20, 30, 40
+    g_yes = json.dumps(rows[0]["genotype"], separators=(",", ":"))
+    g_no = json.dumps(rows[1]["genotype"], separators=(",", ":"))
+    traj = [{"alpha_steps": k, "genotype": g} for k, g in
+            ((10, g_no), (20, g_yes), (30, g_no), (40, g_yes))]
+    (root / "nb201" / "amended_1-s1").mkdir(parents=True)
+    study.write_rows(traj, root / "nb201" / "amended_1-s1" / "trajectory.csv")
     text = study.runs_table([str(root)], reference="")
     body = text.splitlines()[2:]
     assert body == [  # arms in the study's order, then seeds; no heldout.json needed
-        "| S | first_order | 0 | cap | 10,005 | 0 | yes (all-skip) | 40.0 | 0.9889 | 0 / 6 |",
-        "| S | amended_1 | 1 | rule | 1,234 | 2 | no | 40.0 | 0.9889 | 3 / 1 |",
+        "| S | first_order | 0 | cap | 10,005 | 0 | yes (all-skip) | 40.0 | 0.9889 | 0 / 6 | - |",
+        "| S | amended_1 | 1 | rule | 1,234 | 2 | no | 40.0 | 0.9889 | 3 / 1 | 20 / 0.50 |",
     ]
