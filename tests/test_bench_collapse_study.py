@@ -117,6 +117,15 @@ def test_report_and_verdict_on_a_fake_archive(study, tmp_path) -> None:
     root4 = tmp_path / "few"
     _fake_archive(root4, study, [1] * 3, [60.0] * 3, seeds=3)
     assert study.verdict(_by_arm(root4, study))[0].startswith("Verdict: not yet")
+    # 3 connected first-order seeds of 8: C1 can no longer hold, with runs still missing
+    few = _by_arm(root4, study)
+    for r in few["first_order"]:
+        r["degenerate"] = False
+    (line,) = study.verdict(few)
+    assert line.startswith("Verdict: C1 fails whatever the remaining runs give (first_order: "
+                           "3 of 3 finished seeds not degenerate;"), line
+    few["first_order"][0]["degenerate"] = True  # 2 connected: still open
+    assert study.verdict(few)[0].startswith("Verdict: not yet")
     no_ref = _by_arm(root, study)
     for r in no_ref["first_order"]:
         r["percentile"] = None
