@@ -404,7 +404,7 @@ def verdict(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
         kept = {b: sum(not r["degenerate"] for r in by_arm.get(b, [])) for b in BASELINES}
         decided = [b for b, k in kept.items() if k > 8 - 6]
         if decided:
-            return [f"Verdict: C1 fails whatever the remaining runs give ("
+            return ["Verdict: C1 fails whatever the remaining runs give ("
                     + ", ".join(f"{b}: {kept[b]} of {len(by_arm[b])} finished seeds not "
                                 f"degenerate" for b in decided)
                     + "; C1 needs >= 6 of 8 degenerate): this setting cannot test the claim. "
