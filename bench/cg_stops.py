@@ -68,12 +68,73 @@ def table(folders: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _op_pressure() -> Any:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import op_pressure  # noqa: E402  (bench/ sibling: the search's own state and batches)
+
+    return op_pressure
+
+
+def spectrum(run: Path, pairs: int, iterations: int = 30, initial: bool = False,
+             seed: int = 0) -> list[dict[str, Any]]:
+    """Why CG stops: at a search's state (its ``checkpoint.pt``, or with ``initial`` the network
+    the search starts from) and on its first ``pairs`` (train, val) batch pairs, the extreme
+    eigenvalues of H (training loss in the weights; Lanczos, ``iterations`` products each) and
+    the Rayleigh quotient ``v'Hv / v'v`` of v = grad_w L_val, CG's first direction."""
+    import torch
+
+    from darts_amend.diagnostics import lanczos
+    from darts_amend.hvp import hessian_matvec
+    from darts_amend.model import resolve_loss, split_parameters
+    from darts_amend.tensorlist import flatten
+
+    op = _op_pressure()
+    cfg = op.stored_config(run)
+    net, train_set, split = op.build_state(cfg, None if initial else run / "checkpoint.pt")
+    _, weights = split_parameters(net)
+    loss = resolve_loss(None)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for k, (tb, vb) in enumerate(op.batch_pairs(cfg, train_set, split, pairs)):
+        v = flatten(torch.autograd.grad(loss(net, *vb), weights))
+        with hessian_matvec(net, tb, wrt="weights") as hvp:
+            def mv(u: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
+                parts, i = [], 0
+                for w in weights:
+                    parts.append(u[i:i + w.numel()].view_as(w))
+                    i += w.numel()
+                return sign * flatten(hvp(parts))
+
+            v0 = torch.randn(v.numel(), generator=gen, dtype=v.dtype)
+            top = lanczos(mv, v0, iterations=iterations, which="largest")
+            low = lanczos(lambda u: mv(u, -1.0), v0, iterations=iterations, which="largest")
+            rq = float(v @ mv(v) / (v @ v))
+        out.append({"pair": k, "lambda_max": top.value, "lambda_min": -low.value,
+                    "rayleigh_v": rq, "converged": bool(top.converged and low.converged)})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path, help="search folders (implicit_cg)")
     p.add_argument("--csv", type=Path, default=None, metavar="DIR",
                    help="also write the per-epoch counts as DIR/<run>.csv")
+    p.add_argument("--spectrum", type=int, default=0, metavar="K",
+                   help="instead: extreme eigenvalues of H and v'Hv/v'v at each run's "
+                        "checkpoint on its first K batch pairs")
+    p.add_argument("--initial", action="store_true",
+                   help="with --spectrum: at the network the search starts from")
+    p.add_argument("--iterations", type=int, default=30, help="Lanczos products per extreme")
     args = p.parse_args(argv)
+    if args.spectrum:
+        print("| run | state | pair | lambda_min(H) | lambda_max(H) | v'Hv / v'v | converged |\n"
+              "|---|---|---:|---:|---:|---:|---|")
+        for folder in args.runs:
+            for r in spectrum(folder, args.spectrum, args.iterations, args.initial):
+                print(f"| {folder.name} | {'initial' if args.initial else 'checkpoint'} | "
+                      f"{r['pair']} | {r['lambda_min']:.4g} | {r['lambda_max']:.4g} | "
+                      f"{r['rayleigh_v']:.4g} | {r['converged']} |")
+        return 0
     text = table(args.runs)
     if args.csv is not None:
         args.csv.mkdir(parents=True, exist_ok=True)
