@@ -10,7 +10,8 @@ genotype is unchanged) or an alpha-step cap, then re-trains the final genotype w
 
 Estimators: ``first_order``; ``unrolled`` (second-order DARTS with finite differences, upstream
 parity; also ``unrolled_fd``); ``amended_<eta>`` (exact products, e.g. ``amended_0.1``,
-``amended_1``); also ``unrolled_exact``, ``amended_fd_<eta>`` and ``implicit_cg`` (10 CG steps).
+``amended_1``); also ``unrolled_exact``, ``amended_fd_<eta>``, ``implicit_cg`` (10 CG steps) and
+``implicit_cg_d<damping>`` (10 CG steps on H + damping I).
 bench/collapse_study.py builds the issue-17 study (more metrics, reference percentiles, tests
 per arm) on these functions.
 
@@ -75,6 +76,14 @@ def estimator_flags(name: str) -> list[str]:
         return ["--estimator", "implicit_cg", "--hvp_mode", "exact", "--cg_iterations", "10"]
     if name == "unrolled_exact":
         return ["--estimator", "unrolled", "--hvp_mode", "exact"]
+    if name.startswith("implicit_cg_d"):  # 10 CG steps on (H + d I) x = v
+        try:
+            damping = float(name[len("implicit_cg_d"):])
+        except ValueError:
+            damping = -1.0
+        if damping > 0:
+            return ["--estimator", "implicit_cg", "--hvp_mode", "exact", "--cg_iterations", "10",
+                    "--cg_damping", f"{damping:g}"]
     for prefix, mode in (("amended_fd_", "finite_difference"), ("amended_", "exact")):
         if name.startswith(prefix):
             try:
@@ -83,7 +92,8 @@ def estimator_flags(name: str) -> list[str]:
                 break
             return ["--estimator", "amended", "--eta", f"{eta:g}", "--hvp_mode", mode]
     raise ValueError(f"unknown estimator label {name!r} (first_order, unrolled, unrolled_fd, "
-                     f"unrolled_exact, implicit_cg, amended_<eta>, amended_fd_<eta>)")
+                     f"unrolled_exact, implicit_cg, implicit_cg_d<damping > 0>, amended_<eta>, "
+                     f"amended_fd_<eta>)")
 
 
 def threshold_for(space: str, threshold: float | None) -> float:

@@ -38,6 +38,12 @@ def test_estimator_labels(collapse) -> None:
     assert collapse.estimator_flags("unrolled")[-1] == "finite_difference"
     with pytest.raises(ValueError):
         collapse.estimator_flags("amended_x")
+    assert collapse.estimator_flags("implicit_cg_d1") == [
+        "--estimator", "implicit_cg", "--hvp_mode", "exact", "--cg_iterations", "10",
+        "--cg_damping", "1"]
+    for bad in ("implicit_cg_d0", "implicit_cg_dx", "implicit_cg_d-1"):
+        with pytest.raises(ValueError, match="implicit_cg_d<damping > 0>"):
+            collapse.estimator_flags(bad)
     assert collapse.threshold_for("s2r", None) == 0.8
     assert collapse.threshold_for("nb201", None) == 0.5
 
