@@ -20,7 +20,7 @@ TINY = ["--dataset", "fake", "--fake_size", "16", "--image_size", "8", "--space"
         "--no-progress", "--no-plots", "-q", "--epochs", "3"]
 
 
-@pytest.mark.filterwarnings("ignore:implicit_cg. <v, .H . damping I. v> is not positive:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:implicit_cg. <v, .H . damping I. v>:RuntimeWarning")
 def test_counts_match_the_steps_solver_reports(tmp_path, monkeypatch, capsys) -> None:
     cg = load_bench("cg_stops")
     seen = []
@@ -62,7 +62,7 @@ def test_counts_match_the_steps_solver_reports(tmp_path, monkeypatch, capsys) ->
     assert json.loads((run / "summary.json").read_text())["alpha_steps"] == len(seen)
 
 
-@pytest.mark.filterwarnings("ignore:implicit_cg. <v, .H . damping I. v> is not positive:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:implicit_cg. <v, .H . damping I. v>:RuntimeWarning")
 def test_spectrum_wraps_the_weight_hessian(tmp_path, monkeypatch) -> None:
     """--spectrum on a real tiny search, with H replaced by a known diagonal operator: the
     extremes and v'Hv / v'v it reports are that operator's (the flat <-> per-weight plumbing
