@@ -86,7 +86,7 @@ def spectrum(run: Path, pairs: int, iterations: int = 30, initial: bool = False,
     from darts_amend.diagnostics import lanczos
     from darts_amend.hvp import hessian_matvec
     from darts_amend.model import resolve_loss, split_parameters
-    from darts_amend.tensorlist import flatten
+    from darts_amend.tensorlist import flatten, unflatten
 
     op = _op_pressure()
     cfg = op.stored_config(run)
@@ -99,11 +99,7 @@ def spectrum(run: Path, pairs: int, iterations: int = 30, initial: bool = False,
         v = flatten(torch.autograd.grad(loss(net, *vb), weights))
         with hessian_matvec(net, tb, wrt="weights") as hvp:
             def mv(u: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
-                parts, i = [], 0
-                for w in weights:
-                    parts.append(u[i:i + w.numel()].view_as(w))
-                    i += w.numel()
-                return sign * flatten(hvp(parts))
+                return sign * flatten(hvp(unflatten(u, weights)))
 
             v0 = torch.randn(v.numel(), generator=gen, dtype=v.dtype)
             top = lanczos(mv, v0, iterations=iterations, which="largest")

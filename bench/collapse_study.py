@@ -508,13 +508,10 @@ def report(args: argparse.Namespace) -> str:
 
 
 def _edges(genotype: dict[str, Any]) -> dict[tuple[int, int], str]:
-    """``{(from, to): op}`` of an nb201 genotype."""
-    out = {}
-    for j, node in enumerate(genotype["nb201"].strip("|").split("|+|"), start=1):
-        for item in node.strip("|").split("|"):
-            op, i = item.split("~")
-            out[(int(i), j)] = op
-    return out
+    """``{(from, to): op}`` of an nb201 genotype (``darts_amend``'s own parser)."""
+    from darts_amend.supernet import NB201Genotype
+
+    return {(j, i): op for i, j, op in NB201Genotype.from_dict(genotype).edges}
 
 
 def _pattern_course(folder: Path, r: dict[str, Any]) -> str:
@@ -566,9 +563,8 @@ OTHER_ARMS = ("first_order", "unrolled_exact", "unrolled_fd", "implicit_cg")
 def input_edges_none(genotype: dict[str, Any]) -> bool:
     """True when an nb201 cell has ``none`` on both edges from its input to nodes 2 and 3
     (``0->2`` and ``0->3``): every path leaves the input through the edge to node 1."""
-    nodes = genotype["nb201"].strip("|").split("|+|")
-    first = [node.strip("|").split("|")[0] for node in nodes]  # "op~0" of nodes 1, 2, 3
-    return first[1] == "none~0" and first[2] == "none~0"
+    e = _edges(genotype)
+    return e[(0, 2)] == "none" and e[(0, 3)] == "none"
 
 
 def _held_out(folder: Path, reference: str | None, need_list: bool = True
