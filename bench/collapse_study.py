@@ -556,6 +556,42 @@ def runs_table(folders: list[str], reference: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _median_range(xs: list[Any], fmt: str) -> str:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "-"
+    return (f"{format(statistics.median(xs), fmt)} "
+            f"[{format(min(xs), fmt)}, {format(max(xs), fmt)}]")
+
+
+def summary_table(folders: list[str], reference: str | None) -> str:
+    """The headline table of the study: one row per setting and arm (seeds finished, runs that
+    met the convergence rule, degenerate runs and how many of them are cut off from the input,
+    then median [range] of live parametric ops, reference percentile and CV accuracy), and
+    under it each setting's line of the pre-registered verdict (:func:`verdict`)."""
+    lines = ["| setting | arm | seeds | rule met | degenerate | of them cut off | "
+             "live parametric ops | reference percentile | CV accuracy |",
+             "|---|---|---:|---:|---:|---:|---|---|---|"]
+    verdicts = []
+    for folder in folders:
+        label, _, rows, _ = _held_out(Path(folder), reference, need_list=False)
+        label = label.split(" ")[0]
+        by_arm: dict[str, list[dict[str, Any]]] = {}
+        for r in sorted(rows, key=lambda r: r["seed"]):
+            by_arm.setdefault(r["arm"], []).append(r)
+        arms = [a for a in ARMS if a in by_arm] + sorted(a for a in by_arm if a not in ARMS)
+        for a in arms:
+            rs = by_arm[a]
+            lines.append(
+                f"| {label} | {a} | {len(rs)} | {sum(r['converged'] for r in rs)} | "
+                f"{sum(r['degenerate'] for r in rs)} | {sum(r['disconnected'] for r in rs)} | "
+                f"{_median_range([r['live_parametric'] for r in rs], 'g')} | "
+                f"{_median_range([r.get('percentile') for r in rs], '.1f')} | "
+                f"{_median_range([r.get('cv_acc') for r in rs], '.4f')} |")
+        verdicts.append(f"{label}: {verdict(by_arm)[-1]}")
+    return "\n".join(lines + ["", *verdicts]) + "\n"
+
+
 AMENDED_ARMS = ("amended_0.1", "amended_1")
 OTHER_ARMS = ("first_order", "unrolled_exact", "unrolled_fd", "implicit_cg")
 
@@ -725,6 +761,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs between alpha-Hessian eigenvalue / alignment measurements")
     p.add_argument("--table", nargs="+", default=None, metavar="ARCHIVE",
                    help="print one markdown row per finished run of these archives and exit")
+    p.add_argument("--summary", nargs="+", default=None, metavar="ARCHIVE",
+                   help="print the headline table (per setting and arm: degenerate runs, "
+                        "median [range] of live parametric ops, percentile, CV accuracy) and "
+                        "each setting's verdict line, and exit")
     p.add_argument("--heldout", nargs="+", default=None, metavar="ARCHIVE",
                    help="print the held-out exploratory tests (E1, E2 of the pre-registration "
                         "addendum) over these archives, each with its heldout.json, and exit")
@@ -772,6 +812,9 @@ def main(argv: list[str] | None = None) -> int:
         return inspect(args)
     if args.table:
         print(runs_table(args.table, args.reference), end="")
+        return 0
+    if args.summary:
+        print(summary_table(args.summary, args.reference), end="")
         return 0
     if args.heldout:
         print(heldout_report(args.heldout, args.reference, len(args.seeds)), end="")

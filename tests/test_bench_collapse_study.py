@@ -306,3 +306,27 @@ def test_runs_table_rows(study, tmp_path) -> None:
         "| S | first_order | 0 | cap | 10,005 | 0 | yes (all-skip) | 40.0 | 0.9889 | 0 / 6 | - |",
         "| S | amended_1 | 1 | rule | 1,234 | 2 | no | 40.0 | 0.9889 | 3 / 1 | 20 / 0.50 |",
     ]
+
+
+def test_summary_table_rows_and_verdicts(study, tmp_path) -> None:
+    confirm = tmp_path / "w"
+    _fake_archive(confirm, study, [1] * 8, [60.0 + s for s in range(8)])
+    (confirm / "study.json").write_text(json.dumps({"subset": 1.0}))
+    few = tmp_path / "s"
+    _fake_archive(few, study, [1, 0, 1], [60.0, 0.2, 61.0], seeds=3)
+    (few / "study.json").write_text(json.dumps({"subset": 0.2}))
+    rows = [json.loads(x) for x in (few / "results.jsonl").read_text().splitlines()]
+    assert (rows[5]["arm"], rows[5]["seed"]) == ("amended_0.1", 1)
+    rows[5].update(disconnected=True, cv_acc=0.1013)  # a cut-off amended cell
+    (few / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    text = study.summary_table([str(confirm), str(few)], reference="")
+    lines = text.splitlines()
+    # medians: first order percentiles 10..17 -> 13.5; fake runs have CV accuracy 0.98
+    assert lines[2] == ("| W | first_order | 8 | 0 | 8 | 0 | 0 [0, 0] | 13.5 [10.0, 17.0] | "
+                        "0.9800 [0.9800, 0.9800] |")
+    assert lines[4] == ("| W | amended_0.1 | 8 | 0 | 0 | 0 | 1 [1, 1] | 63.5 [60.0, 67.0] | "
+                        "0.9800 [0.9800, 0.9800] |")
+    assert lines[7] == ("| S | amended_0.1 | 3 | 0 | 1 | 1 | 1 [0, 1] | 60.0 [0.2, 61.0] | "
+                        "0.9800 [0.1013, 0.9800] |")
+    assert lines[-2].startswith("W: Verdict: CONFIRMED")
+    assert lines[-1].startswith("S: Verdict: not yet")
