@@ -137,9 +137,9 @@ def epoch_diagnostics(
     ``>= converge_threshold`` and the genotype unchanged for ``stable_for`` epochs. Every
     ``every`` epochs (``epoch % every == 0``): the dominant Hessian eigenvalue in each of
     ``curvature`` (``"alphas"``: validation loss, ``"weights"``: training loss; ``()`` for none)
-    as ``eig/<which>`` (+ ``_seconds``), and the alignment of ``estimators`` (None for none)
-    with ``reference`` as ``align/<estimator>/<field>``. With ``early_stop`` (a dict of
-    :func:`eigen_early_stop` options, ``{}`` for its defaults; needs ``"alphas"`` in
+    as ``eig/<name>`` (+ ``_residual``, ``_seconds``), and the alignment of ``estimators``
+    (None for none) with ``reference`` as ``align/<estimator>/<field>``. With ``early_stop``
+    (a dict of :func:`eigen_early_stop` options, ``{}`` for its defaults; needs ``"alphas"`` in
     ``curvature``): ``diag/early_stop`` (bool), ``diag/early_stop_ratio`` and
     ``diag/revert_epoch`` (whose ``collapse/genotype`` to keep). ``diag/seconds``: total time.
     """
