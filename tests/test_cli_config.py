@@ -94,6 +94,9 @@ def test_old_spellings_and_stored_configs_keep_working() -> None:
                               "finite_difference", "--fd-r", "0.05"])
     assert (args.eta, args.hvp_chunks, args.second_order_batch, args.hvp_mode, args.fd_r) == (
         0.3, 2, 8, "finite_difference", 0.05)
+    dashed = parser.parse_args(["search", "--amend-eta", "0.3", "--amend-chunks", "2",
+                                "--amend-second-order-batch", "8"])
+    assert (dashed.eta, dashed.hvp_chunks, dashed.second_order_batch) == (0.3, 2, 8)
     stored = config_to_dict(SearchConfig(second_order_batch=0, cg_iterations=10))
     assert {"hvp_mode", "fd_r", "hvp_chunks", "second_order_batch", "cg_iterations",
             "cg_damping", "neumann_terms", "neumann_gamma"} <= set(stored)
@@ -152,3 +155,18 @@ def test_help_shows_auto_for_defaults_the_help_text_explains():
     assert helps["layers"].endswith("[auto; >= 1]"), helps["layers"]
     assert helps["data"].endswith("[dataset default]"), helps["data"]
     assert helps["epochs"].endswith("[100; >= 1]"), helps["epochs"]
+
+
+def test_config_file_keys_take_old_spellings_once(tmp_path, capsys) -> None:
+    from darts_amend.cli.config import CLIError, build_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("amend_eta: 0.3\namend-chunks: 2\nsecond_order_batch: 8\n")
+    cfg = build_config(SearchConfig, {}, {}, config_file=str(path))
+    assert (cfg.eta, cfg.hvp_chunks, cfg.second_order_batch) == (0.3, 2, 8)
+    path.write_text("eta: 0.3\namend_eta: 0.5\n")  # one setting, two spellings: refused
+    with pytest.raises(CLIError, match="'amend_eta' sets 'eta' a second time"):
+        build_config(SearchConfig, {}, {}, config_file=str(path))
+    out = tmp_path / "o"
+    assert main(["search", "--config", str(path), "--output", str(out)]) == 2
+    assert "sets 'eta' a second time" in capsys.readouterr().err and not out.exists()

@@ -251,7 +251,7 @@ def dropin_text(flavor: str) -> str:
         "second-order DARTS), --amend_mode (exact | finite_difference | forward_difference),\n"
         "--amend_chunks K and --amend_second_order_batch M (cost of the Hessian products),\n"
         "--amend_common_random_numbers auto|on|off (one random sample per estimate).\n"
-        "Needs `pip install darts-amend`.\n"
+        "Needs darts-amend in this environment: `pip install /path/to/darts-amend` (a checkout).\n"
         '"""\n'
         f"from darts_amend.adapters.{f.module} import Architect\n"
         "\n"

@@ -55,10 +55,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         base, optional = _base_type(f.type)
         names = [f"--{f.name}"]
         alias = f.metadata.get("alias")
-        if alias:
-            names.append(alias)
-        if "_" in f.name and f"--{f.name.replace('_', '-')}" not in names:
-            names.append(f"--{f.name.replace('_', '-')}")
+        for name in (f"--{f.name}", alias):  # each spelling with "_" also with "-"
+            if name and name not in names:
+                names.append(name)
+            if name and "_" in name and name.replace("_", "-") not in names:
+                names.append(name.replace("_", "-"))
         help_raw = f.metadata.get("help", "")
         # None: chosen at run time; "auto" where the help says how, else the data set's default
         default_txt = f.default if f.default is not None else (
@@ -79,6 +80,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
 def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     key = key.replace("-", "_")
+    aliases = {f.metadata["alias"].lstrip("-").replace("-", "_"): f.name
+               for f in fields.values() if f.metadata.get("alias")}
+    key = aliases.get(key, key)  # an old spelling (amend_eta) names its setting (eta)
     if key not in fields:
         import difflib
 
@@ -135,7 +139,13 @@ def _load_yaml(path: str, cls: type) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CLIError(f"config file {p} must hold a mapping of settings, "
                        f"got {type(data).__name__}")
-    return dict(_coerce(cls, k, v, f"config file {p}") for k, v in data.items())
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key, value = _coerce(cls, k, v, f"config file {p}")
+        if key in out:
+            raise CLIError(f"config file {p}: {k!r} sets {key!r} a second time")
+        out[key] = value
+    return out
 
 
 def build_config(cls: type, flags: Mapping[str, Any], presets: dict[str, dict[str, Any]], *,

@@ -34,7 +34,8 @@ def _run_flags(p: argparse.ArgumentParser, cls: type, presets: dict[str, dict[st
                    help="output folder (default: runs/<command>-<dataset>-<time>)")
     p.add_argument("--preset", default=None,
                    help=f"preset: {', '.join(presets)} (flags and --config override it)")
-    p.add_argument("--config", default=None, help="YAML file of settings (keys = flag names)")
+    p.add_argument("--config", default=None,
+                   help="YAML file of settings (keys: the flag names without the dashes)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its checkpoint")
     p.add_argument("--force", action="store_true",

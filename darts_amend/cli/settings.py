@@ -190,8 +190,8 @@ class SearchConfig:
     steps_per_epoch: int = _f(0, "cap on steps per epoch (0 = the whole weight half)",
                               valid="[0, inf)")
     seed: int = _f(2, "random seed", valid="[0, 4294967295]")
-    workers: int | None = _f(None, "data-loader workers (default: 0 for digits/fake, else 4)",
-                             valid="[0, inf)")
+    workers: int | None = _f(None, "data-loader workers (default: 0 for digits/fake, "
+                             "else min(4, CPUs))", valid="[0, inf)")
     device: str = _f("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
     threads: int | None = _f(None, "CPU threads for torch (default: torch's choice; 1 is often "
                                    "fastest on a busy or small machine)", valid="[1, inf)")
@@ -244,8 +244,8 @@ class TrainConfig:
                                 "invocation have passed (0 = off); --resume continues",
                            valid="[0, inf)")
     seed: int = _f(0, "random seed", valid="[0, 4294967295]")
-    workers: int | None = _f(None, "data-loader workers (default: 0 for digits/fake, else 4)",
-                             valid="[0, inf)")
+    workers: int | None = _f(None, "data-loader workers (default: 0 for digits/fake, "
+                             "else min(4, CPUs))", valid="[0, inf)")
     device: str = _f("auto", "torch device: auto, cpu, cuda, cuda:1, ...")
     threads: int | None = _f(None, "CPU threads for torch (default: torch's choice; 1 is often "
                                    "fastest on a busy or small machine)", valid="[1, inf)")

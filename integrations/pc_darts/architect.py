@@ -9,7 +9,7 @@ DARTS), --amend_estimator (default amended; `unrolled` together with --unrolled 
 second-order DARTS), --amend_mode (exact | finite_difference | forward_difference),
 --amend_chunks K and --amend_second_order_batch M (cost of the Hessian products),
 --amend_common_random_numbers auto|on|off (one random sample per estimate).
-Needs `pip install darts-amend`.
+Needs darts-amend in this environment: `pip install /path/to/darts-amend` (a checkout).
 """
 from darts_amend.adapters.pc_darts import Architect
 
