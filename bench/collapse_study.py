@@ -399,7 +399,7 @@ def verdict(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
     """The pre-registered criteria (docs/benchmarks.md) applied to one setting's finished runs."""
     need = (*BASELINES, PRIMARY)
     if any(len(by_arm.get(a, [])) < 8 for a in need):
-        have = {a: len(by_arm.get(a, [])) for a in need}
+        have = ", ".join(f"{a} {len(by_arm.get(a, []))}" for a in need)
         # C1 needs >= 6 of 8 degenerate per baseline: 3 connected seeds already decide it
         kept = {b: sum(not r["degenerate"] for r in by_arm.get(b, [])) for b in BASELINES}
         decided = [b for b, k in kept.items() if k > 8 - 6]
@@ -408,9 +408,9 @@ def verdict(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
                     + ", ".join(f"{b}: {kept[b]} of {len(by_arm[b])} finished seeds not "
                                 f"degenerate" for b in decided)
                     + "; C1 needs >= 6 of 8 degenerate): this setting cannot test the claim. "
-                    f"The runs continue to 8 seeds (have {have})."]
+                    f"The runs continue to 8 seeds (finished: {have})."]
         return [f"Verdict: not yet (the criteria need 8 finished seeds of {', '.join(need)}; "
-                f"have {have})."]
+                f"finished: {have})."]
     if any(r["percentile"] is None for a in need for r in by_arm[a]):
         return ["Verdict: none for this space (the criteria use the reference percentile, which "
                 "exists for nb201 only)."]
