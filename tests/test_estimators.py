@@ -65,6 +65,12 @@ def test_amended_equals_g1_minus_eta_BHv(batchnorm):
     with preserve_state(model), torch.no_grad():  # same loss value (BN statistics restored)
         val = float(model._loss(*vb))
     assert float(res.val_loss) == pytest.approx(val, rel=1e-12)
+    with preserve_state(model), torch.no_grad():  # the training loss at w, where H and B are
+        train = float(model._loss(*tb))
+    assert float(res.train_loss) == pytest.approx(train, rel=1e-12)
+    g2 = -eta * B @ (H @ v)
+    assert res.cosine() == pytest.approx(float(g1 @ g2 / (g1.norm() * g2.norm())), rel=1e-10)
+    assert res.cosine("g1", "g1") == pytest.approx(1.0, rel=1e-12)
     # finite differences (two nested central differences) agree on a smooth model
     fd = amended(model, tb, vb, eta=eta, mode="finite_difference", r=1e-4)
     assert_close(fd.grads, expected, rtol=1e-6, atol=1e-9)
@@ -200,10 +206,13 @@ def test_implicit_cg_converges_to_the_true_hypergradient(optimum):
             (flat(implicit_cg(model, tb, vb, iterations=k).grads) - reference).norm()
             / reference.norm()
         )
-        for k in (1, 3, 30)
+        for k in (1, 3, H.shape[0])
     ]
+    # CG is exact after n updates (n = the weights' count, here 12; steepest descent is not)
     assert errs[2] < 1e-9, errs
     assert errs[0] > errs[2] and errs[1] > errs[2]
+    hg = implicit_cg(model, tb, vb, iterations=50)
+    assert hg.info["cg_stop"] == "tol" and hg.info["cg_iterations"] <= H.shape[0]
     fd = implicit_cg(model, tb, vb, iterations=30, mode="finite_difference", r=1e-4)
     assert float((flat(fd.grads) - reference).norm() / reference.norm()) < 1e-6
 
@@ -248,6 +257,14 @@ def test_implicit_solvers_match_their_dense_formulas():
         x, p = x + p, p - gamma * H @ p
     ne = implicit_neumann(model, tb, vb, terms=K, gamma=gamma)
     assert_close(ne.grads, g1 - C @ (gamma * x), rtol=1e-12, atol=1e-13)
+    # a loose tol stops CG early: the estimator's numbers are the solver's at that tol
+    from darts_amend.linear_solve import solve_cg
+
+    loose, k = solve_cg(lambda u: [H @ u[0]], [v], 50, tol=0.2, return_info=True)
+    assert k.stop == "tol" and k.iterations < n
+    early = implicit_cg(model, tb, vb, iterations=50, tol=0.2)
+    assert early.info == {"cg_iterations": k.iterations, "cg_stop": "tol"}
+    assert_close(early.grads, g1 - C @ loose[0], rtol=1e-12, atol=1e-13)
 
 
 # --------------------------------------------------------------------------- the angle claim
@@ -400,7 +417,11 @@ def test_estimator_options_and_write_grads():
     write_grads_(alphas, res.grads, accumulate=True)
     assert torch.equal(alphas[0].grad, 2 * res.grads[0])
     assert res.norm() == pytest.approx(float(flat(res.grads).norm()))
-    assert -1.0 <= res.cosine() <= 1.0
+    assert res.is_finite()
+    one = torch.tensor(1.0)
+    assert not Hypergradient(grads=(torch.tensor([0.0, math.nan]),), val_loss=one).is_finite()
+    assert not Hypergradient(grads=(torch.zeros(2),), val_loss=torch.tensor(math.inf)).is_finite()
+    assert Hypergradient(grads=(torch.zeros(2),), val_loss=one).is_finite()
 
 
 # --------------------------------------------------------------------------- how CG stopped
