@@ -292,10 +292,25 @@ def test_darts_pt_methods_reset_and_second_order():
     assert not torch.equal(start, net._arch_parameters)
     architect.reset_arch_parameters()
     assert torch.equal(start, net._arch_parameters)
-    net, so = _proj(fork_args(method="darts", amend_estimator="unrolled", unrolled=True))
+    args = fork_args(method="darts", amend_estimator="unrolled", unrolled=True)
+    net, so = _proj(args)
     with pytest.raises(ValueError, match="needs eta"):
         so.step(*tb, *vb, return_logits=True)
-    so.step(*tb, *vb, eta=0.025, network_optimizer=net.optimizer, unrolled=True)
+    net.optimizer.zero_grad()
+    net.step(*tb, args)  # a weight step first: the optimizer now has momentum buffers
+    net.optimizer.zero_grad()
+    weights = net.get_weights()
+    buffers = [net.optimizer.state[w]["momentum_buffer"] for w in weights]
+    want = unrolled(net, tb, vb, xi=0.01, momentum=0.9, momentum_buffers=buffers,
+                    weight_decay=3e-4).grads  # the step's xi is the fork's current eta
+    plain = unrolled(net, tb, vb, xi=0.01).grads  # without momentum and decay: different
+    assert not torch.allclose(flat_cat(plain), flat_cat(want), rtol=1e-6)
+    so.step(*tb, *vb, eta=0.01, network_optimizer=net.optimizer, unrolled=True)
+    assert_close(so._architect.last_hypergradient.grads, want, rtol=1e-12, atol=1e-15)
+
+
+def flat_cat(ts) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in ts])
 
 
 def test_beta_darts_nb201_style_loop():
