@@ -451,3 +451,39 @@ def test_search_records_how_implicit_cg_ended(tmp_path, capsys):
                             "cosine_n", "nonfinite")}
     acc = search_mod._Accum(arch=old)
     assert acc.arch["cg_steps"] == 0.0 and acc.arch["cg_first_direction_stops"] == 0.0
+
+
+def test_unrolled_search_passes_the_weight_optimizers_lr_and_momentum_buffers(tmp_path,
+                                                                              monkeypatch):
+    """Second-order DARTS in the driver: each architect step gets xi = the weight optimizer's
+    current (scheduled) learning rate, its momentum and weight decay, and its own momentum
+    buffers (none before the first weight step)."""
+    from darts_amend import AmendedArchitect
+
+    optimizers, seen = [], []
+
+    class RecordingSGD(torch.optim.SGD):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            optimizers.append(self)
+
+    real_step = AmendedArchitect.step
+
+    def step(self, train_batch, valid_batch, **per_step):
+        (opt,) = optimizers
+        params = opt.param_groups[0]["params"]
+        buffers = per_step["momentum_buffers"]
+        seen.append((per_step["xi"], opt.param_groups[0]["lr"], per_step["momentum"],
+                     per_step["weight_decay"], None if buffers is None else all(
+                         b is opt.state[p]["momentum_buffer"]
+                         for b, p in zip(buffers, params, strict=True))))
+        return real_step(self, train_batch, valid_batch, **per_step)
+
+    monkeypatch.setattr(torch.optim, "SGD", RecordingSGD)
+    monkeypatch.setattr(AmendedArchitect, "step", step)
+    assert _search(tmp_path / "u", "--estimator", "unrolled", "--momentum", "0.8",
+                   "--weight_decay", "1e-3") == 0
+    assert len(seen) == 4  # 2 epochs x 2 steps
+    assert all(xi == lr and m == 0.8 and wd == 1e-3 for xi, lr, m, wd, _ in seen)
+    assert seen[0][0] == 0.025 and seen[2][0] < seen[0][0]  # the cosine schedule moved on
+    assert [s[4] for s in seen] == [None, True, True, True]
