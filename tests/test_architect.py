@@ -267,13 +267,14 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 
 def test_single_process_group_takes_the_all_reduce_path():
-    """Fast cover of the distributed branch (world size 1: the average is the gradient itself)."""
+    """Fast cover of the distributed branch (world size 1: the average is the gradient itself;
+    then a faked second rank: the sum is halved)."""
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed not available")
     model, tb, vb = _setup()
     ref = copy.deepcopy(model)
     calls = []
-    real = torch.distributed.all_reduce
+    real, real_size = torch.distributed.all_reduce, torch.distributed.get_world_size
     with tempfile.TemporaryDirectory() as tmp:
         torch.distributed.init_process_group(
             "gloo", init_method=f"file://{tmp}/init", rank=0, world_size=1
@@ -283,8 +284,15 @@ def test_single_process_group_takes_the_all_reduce_path():
                 1
             ]
             AmendedArchitect(model, lr=0.01).step(tb, vb)
+            # as if a second rank contributed ones: the sum over 2 ranks, halved, per tensor
+            torch.distributed.all_reduce = lambda t, **kw: t.add_(1.0)
+            torch.distributed.get_world_size = lambda *a, **kw: 2
+            out = AmendedArchitect._all_reduce((torch.tensor([1.0, 3.0]), torch.tensor([[5.0]])))
+            assert torch.equal(out[0], torch.tensor([1.0, 2.0]))
+            assert torch.equal(out[1], torch.tensor([[3.0]]))
         finally:
             torch.distributed.all_reduce = real
+            torch.distributed.get_world_size = real_size
             torch.distributed.destroy_process_group()
     AmendedArchitect(ref, lr=0.01).step(tb, vb)
     assert calls == [model.arch_parameters()[0].numel()]
