@@ -127,6 +127,22 @@ def test_s3r_none_dominates_alphas_but_never_the_genotype() -> None:
     assert all(w < 0.5 for ws in net.kept_op_weights().values() for w in ws)
 
 
+def test_parameter_free_share_keeps_the_genotypes_edges_under_edge_normalization() -> None:
+    from darts_amend.supernet.operations import PARAMETER_FREE
+
+    torch.manual_seed(4)  # a draw where the betas change the kept edges' share
+    net = build_search_network("darts", C=4, num_classes=5, layers=3, in_channels=1,
+                               edge_normalization=True)
+    with torch.no_grad():
+        for a in net.arch_parameters():
+            a.normal_(0.0, 2.0)  # random alphas and betas: the betas move the kept edges
+    ops = [op for c in net.genotype().cell_genotypes().values() for op in c.ops]
+    share = sum(op in PARAMETER_FREE for op in ops) / len(ops)
+    assert net.parameter_free_share()["pf_share_genotype"] == pytest.approx(share)
+    without = parameter_free_share(net.space, net.edge_weights())  # betas ignored: other edges
+    assert without["pf_share_genotype"] != pytest.approx(share)
+
+
 def test_s4r_keeps_noise_and_nb201_keeps_none() -> None:
     net = _net("s4r")
     _set_alphas(net, "noise")

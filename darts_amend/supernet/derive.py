@@ -82,7 +82,9 @@ def derive_cell(
 
 
 def parameter_free_share(
-    space: SearchSpace, op_weights: Mapping[str, Tensor | Sequence[Sequence[float]]]
+    space: SearchSpace,
+    op_weights: Mapping[str, Tensor | Sequence[Sequence[float]]],
+    edge_weights: Mapping[str, Tensor] | None = None,
 ) -> dict[str, float]:
     """How parameter-free (:data:`~darts_amend.supernet.operations.PARAMETER_FREE`: none, noise,
     skip, pools) an architecture is, from the softmax weights of every alpha set.
@@ -93,7 +95,9 @@ def parameter_free_share(
     - ``pf_share_genotype``: the fraction of the genotype's ops that are parameter-free.
     In spaces without ``none`` (and in NB201, which keeps ``none``) the two are equal.
     ``op_weights`` maps cell kind -> ``edges x ops`` weights (tensors or nested lists, as
-    ``metrics.jsonl`` stores them), e.g. :meth:`SearchNetwork.edge_weights`.
+    ``metrics.jsonl`` stores them), e.g. :meth:`SearchNetwork.edge_weights`; ``edge_weights``
+    the PC-DARTS edge normalisers per cell kind (as :meth:`SearchNetwork.edge_normalizers`),
+    which choose the kept edges as in the genotype.
     """
     kept_pf = genotype_pf = total = 0
     for kind, w in op_weights.items():
@@ -101,7 +105,8 @@ def parameter_free_share(
         reduction = kind == "reduce"
         names = space.edge_op_names(reduction)
         top = w.argmax(dim=1)
-        for e, o in kept_edges(space, w, reduction=reduction):
+        edge_w = None if edge_weights is None else edge_weights.get(kind)
+        for e, o in kept_edges(space, w, edge_w, reduction=reduction):
             total += 1
             kept_pf += names[e][int(top[e])] in PARAMETER_FREE
             genotype_pf += names[e][o] in PARAMETER_FREE

@@ -302,7 +302,8 @@ class SearchNetwork(nn.Module):
 
     def parameter_free_share(self) -> dict[str, float]:
         """:func:`parameter_free_share` of the current alphas."""
-        return parameter_free_share(self.space, self.edge_weights())
+        edge_w = self.edge_normalizers() if self.edge_normalization else None
+        return parameter_free_share(self.space, self.edge_weights(), edge_w)
 
 
 def is_converged(net: SearchNetwork, threshold: float = 0.5) -> bool:
