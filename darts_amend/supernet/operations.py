@@ -167,8 +167,9 @@ class Noise(nn.Module):
     parameters. Stride-2 edges give the ``ceil(H/2) x ceil(W/2)`` shape of the other ops.
 
     Drawn from torch's default generator of the input's device, in its dtype: reproducible under
-    ``torch.manual_seed``, and a fresh draw on every forward (as upstream). Note for estimators
-    that compare two forward passes (finite differences): each pass sees different noise.
+    ``torch.manual_seed``, and a fresh draw on every forward (as upstream). The estimators
+    replay one draw per estimate by default (``common_random_numbers``), so finite differences
+    compare passes that see the same noise.
     """
 
     def __init__(self, stride: int, mean: float = 0.0, std: float = 1.0) -> None:
