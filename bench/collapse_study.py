@@ -606,6 +606,9 @@ def input_edges_none(genotype: dict[str, Any]) -> bool:
 def _held_out(folder: Path, reference: str | None, need_list: bool = True
               ) -> tuple[str, list[dict], list[dict], dict]:
     """(setting label, held-out runs, all runs, seen counts per arm) of one archive."""
+    if not ((folder / "results.jsonl").is_file() or (folder / "study.json").is_file()):
+        raise SystemExit(f"collapse_study.py: {folder} holds no study (neither results.jsonl "
+                         "nor study.json)")
     rows = _results(folder)
     if reference and (Path(reference) / "cells.jsonl").is_file():
         table = [t["acc"] for t in cell_reference.load_table(reference)]

@@ -330,3 +330,5 @@ def test_summary_table_rows_and_verdicts(study, tmp_path) -> None:
                         "0.9800 [0.1013, 0.9800] |")
     assert lines[-2].startswith("W: Verdict: CONFIRMED")
     assert lines[-1].startswith("S: Verdict: not yet")
+    with pytest.raises(SystemExit, match="holds no study"):
+        study.summary_table([str(tmp_path / "nowhere")], reference="")
