@@ -445,6 +445,14 @@ def verdict(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def _by_arm(rows: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    """Runs grouped by arm (each arm's runs by seed) and the arms in the study's order."""
+    by_arm: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(rows, key=lambda r: r["seed"]):
+        by_arm.setdefault(r["arm"], []).append(r)
+    return by_arm, [a for a in ARMS if a in by_arm] + sorted(a for a in by_arm if a not in ARMS)
+
+
 def report(args: argparse.Namespace) -> str:
     out = Path(args.out)
     results = _results(out)
@@ -463,11 +471,7 @@ def report(args: argparse.Namespace) -> str:
                 r["percentile"] = cell_reference.percentile(r["cv_acc"], table)
         lines += [f"Reference percentiles against {args.reference} ({len(table)} cells).", ""]
     for space in sorted({r["space"] for r in results}):
-        by_arm: dict[str, list[dict[str, Any]]] = {}
-        for r in sorted(results, key=lambda r: r["seed"]):
-            if r["space"] == space:
-                by_arm.setdefault(r["arm"], []).append(r)
-        arms = [a for a in ARMS if a in by_arm] + sorted(a for a in by_arm if a not in ARMS)
+        by_arm, arms = _by_arm([r for r in results if r["space"] == space])
         lines += [f"### {space}", "", "| arm | runs | converged | degenerate | disconnected | "
                   + " | ".join(m[1] for m in METRICS) + " |",
                   "|---|---:|---:|---:|---:|" + "---|" * len(METRICS)]
@@ -576,10 +580,7 @@ def summary_table(folders: list[str], reference: str | None) -> str:
     for folder in folders:
         label, _, rows, _ = _held_out(Path(folder), reference, need_list=False)
         label = label.split(" ")[0]
-        by_arm: dict[str, list[dict[str, Any]]] = {}
-        for r in sorted(rows, key=lambda r: r["seed"]):
-            by_arm.setdefault(r["arm"], []).append(r)
-        arms = [a for a in ARMS if a in by_arm] + sorted(a for a in by_arm if a not in ARMS)
+        by_arm, arms = _by_arm(rows)
         for a in arms:
             rs = by_arm[a]
             lines.append(

@@ -17,7 +17,13 @@ from fork_replicas import (
     fork_args,
     vector_batches,
 )
-from helpers import assert_close, assert_same_state, one_thread, snapshot  # noqa: F401
+from helpers import (  # noqa: F401
+    assert_close,
+    assert_same_state,
+    flat,
+    one_thread,
+    snapshot,
+)
 
 from darts_amend import amended, first_order, unrolled
 from darts_amend.adapters import beta_darts, darts, darts_pt, drnas
@@ -304,13 +310,9 @@ def test_darts_pt_methods_reset_and_second_order():
     want = unrolled(net, tb, vb, xi=0.01, momentum=0.9, momentum_buffers=buffers,
                     weight_decay=3e-4).grads  # the step's xi is the fork's current eta
     plain = unrolled(net, tb, vb, xi=0.01).grads  # without momentum and decay: different
-    assert not torch.allclose(flat_cat(plain), flat_cat(want), rtol=1e-6)
+    assert not torch.allclose(flat(plain), flat(want), rtol=1e-6)
     so.step(*tb, *vb, eta=0.01, network_optimizer=net.optimizer, unrolled=True)
     assert_close(so._architect.last_hypergradient.grads, want, rtol=1e-12, atol=1e-15)
-
-
-def flat_cat(ts) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in ts])
 
 
 def test_beta_darts_nb201_style_loop():
