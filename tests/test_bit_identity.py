@@ -1,14 +1,23 @@
 """Bit-identity pin for refactoring: every estimator, product and architect step on fixed seeds
 must reproduce the committed values exactly (0 difference, compared as bits).
 
-The expected values in ``tests/data/bit_identity.json`` were written by this file itself::
+Float round-off depends on the kernels, so ``tests/data/bit_identity.json`` holds one record per
+platform: the torch version, the CPU kernels torch dispatches to
+(``torch.backends.cpu.get_cpu_capability()``) and the CPU vendor (MKL takes other paths on
+other vendors), each with the values of every case. The test compares against the record of
+the platform it runs on (CPU, one thread) and skips, saying why, where there is none. The
+records were written by this file itself::
 
     cd <repo> && PYTHONPATH=. OMP_NUM_THREADS=1 python tests/test_bit_identity.py --write
+    cd <repo> && PYTHONPATH=. OMP_NUM_THREADS=1 python tests/test_bit_identity.py --add-platform
 
-on CPU, one thread, with the torch version recorded in the fixture. Float round-off depends on
-the kernels, so the test runs only where that holds (CPU, the recorded torch version) and says
-why it skips elsewhere. Regenerate the fixture only when a change of numbers is intended, and
-say so in the commit.
+``--write`` is for an intended change of numbers (say so in the commit): it keeps only this
+platform's record, since every other one is stale then. ``--add-platform`` records one more
+platform for unchanged numbers: run it from a commit whose numbers are trusted (e.g. the one
+that wrote the fixture, in a worktree) and check that the current code reproduces them. The
+first record names only torch and the vendor: it was written (commit 7c5ccdf) before records named
+their platform, on the Intel Xeon of our sandbox; the AMD EPYC record was written by 7c5ccdf's
+code too, and the code of its successors reproduced it bit for bit.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import sys
 import warnings
 from collections.abc import Callable
@@ -248,15 +258,37 @@ def _run(name: str) -> dict[str, list[torch.Tensor]]:
         torch.set_num_threads(n)
 
 
-def write_fixture() -> None:
-    data = {
+def _cpu_vendor() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _platform() -> dict[str, str]:
+    """What this machine's float round-off depends on (the key of a fixture record)."""
+    return {
         "torch": torch.__version__,
-        "cases": {
-            name: {k: [_encode(t) for t in ts] for k, ts in _run(name).items()} for name in CASES
-        },
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_vendor": _cpu_vendor(),
     }
+
+
+def _matches(record: dict, here: dict[str, str]) -> bool:
+    # a record names the platform keys it was written with; every one must agree
+    return all(here.get(k) == v for k, v in record["platform"].items())
+
+
+def write_fixture(keep_others: bool) -> None:
+    here = _platform()
+    cases = {name: {k: [_encode(t) for t in ts] for k, ts in _run(name).items()} for name in CASES}
+    records = _expected()["records"] if keep_others and FIXTURE.is_file() else []
+    records = [r for r in records if r["platform"] != here] + [{"platform": here, "cases": cases}]
     FIXTURE.parent.mkdir(parents=True, exist_ok=True)
-    FIXTURE.write_text(json.dumps(data, indent=0, sort_keys=True) + "\n")
+    FIXTURE.write_text(json.dumps({"records": records}, indent=0, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------- the test
@@ -266,13 +298,22 @@ def _expected() -> dict:
     return json.loads(FIXTURE.read_text())
 
 
-def _skip_reason() -> str | None:
+def _record() -> tuple[dict | None, str | None]:
+    """(this platform's record, None) or (None, why the test skips)."""
     if DEVICE.type != "cpu":
-        return "bit-identity fixture was recorded on CPU"
-    recorded = _expected()["torch"]
-    if recorded != torch.__version__:
-        return f"bit-identity fixture recorded with torch {recorded}, this is {torch.__version__}"
-    return None
+        return None, "bit-identity fixture was recorded on CPU"
+    here = _platform()
+    for record in _expected()["records"]:
+        if _matches(record, here):
+            return record, None
+    known = "; ".join(
+        ", ".join(f"{k} {v}" for k, v in r["platform"].items()) for r in _expected()["records"]
+    )
+    mine = ", ".join(f"{k} {v}" for k, v in here.items())
+    return None, (
+        f"no bit-identity record for this platform ({mine}); recorded: {known}. "
+        "Add one with `python tests/test_bit_identity.py --add-platform` (module docstring)"
+    )
 
 
 # mlp.architect.implicit_cg meets <v, H v> <= 0 in one of its steps (g2 = 0 there, warned);
@@ -280,10 +321,11 @@ def _skip_reason() -> str | None:
 @pytest.mark.filterwarnings("ignore:implicit_cg. <v, .H . damping I. v>:RuntimeWarning")
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bit_identical(name: str) -> None:
-    reason = _skip_reason()
-    if reason:
+    record, reason = _record()
+    if record is None:
         pytest.skip(reason)
-    expected = _expected()["cases"][name]
+    assert name in record["cases"], f"{name}: not in this platform's record; regenerate it"
+    expected = record["cases"][name]
     actual = _run(name)
     assert sorted(actual) == sorted(expected), f"{name}: outputs differ in their keys"
     bad = []
@@ -309,12 +351,23 @@ def test_bit_identical(name: str) -> None:
 
 
 def test_fixture_covers_every_case() -> None:
-    assert sorted(_expected()["cases"]) == sorted(CASES)
+    records = _expected()["records"]
+    assert records, "the fixture holds no record"
+    for record in records:
+        assert sorted(record["cases"]) == sorted(CASES), f"record {record['platform']} is stale"
+
+
+def test_platform_matching() -> None:
+    here = {"torch": "2.0", "cpu_capability": "AVX2", "cpu_vendor": "GenuineIntel"}
+    assert _matches({"platform": {"torch": "2.0", "cpu_vendor": "GenuineIntel"}}, here)
+    assert not _matches({"platform": {"torch": "2.0", "cpu_vendor": "AuthenticAMD"}}, here)
+    assert not _matches({"platform": {**here, "cpu_capability": "AVX512"}}, here)
+    assert _platform()["torch"] == torch.__version__
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--write"]:
-        raise SystemExit("usage: python tests/test_bit_identity.py --write")
+    if sys.argv[1:] not in (["--write"], ["--add-platform"]):
+        raise SystemExit("usage: python tests/test_bit_identity.py --write | --add-platform")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    write_fixture()
+    write_fixture(keep_others=sys.argv[1] == "--add-platform")
     print(f"wrote {FIXTURE}")
