@@ -570,7 +570,7 @@ def _median_range(xs: list[Any], fmt: str) -> str:
 
 def summary_table(folders: list[str], reference: str | None) -> str:
     """The headline table of the study: one row per setting and arm (seeds finished, runs that
-    met the convergence rule, degenerate runs and how many of them are cut off from the input,
+    met the convergence rule, degenerate runs and how many of them are disconnected,
     then median [range] of live parametric ops, reference percentile and CV accuracy), and
     under it each setting's line of the pre-registered verdict (:func:`verdict`)."""
     lines = ["| setting | arm | seeds | rule met | degenerate | of them cut off | "
