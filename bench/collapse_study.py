@@ -705,41 +705,62 @@ def heldout_report(folders: list[str], reference: str | None, seeds: int = 8) ->
     return "\n".join(lines) + "\n"
 
 
+def _median_course(series: list[list[tuple[int, float]]]) -> tuple[list[int], list[float]]:
+    """Median over the runs still going at each logged alpha step (a run's value holds until
+    its next logged point; a run that stopped early drops out after its last point)."""
+    import bisect
+
+    grid = sorted({step for pts in series for step, _ in pts})
+    keys = [[step for step, _ in pts] for pts in series]
+    med = []
+    for g in grid:
+        vals = [pts[bisect.bisect_right(k, g) - 1][1]
+                for pts, k in zip(series, keys, strict=True) if k[0] <= g <= k[-1]]
+        med.append(statistics.median(vals))
+    return grid, med
+
+
 def plot(out: Path, results: list[dict[str, Any]], path: Path) -> None:
-    """Two rows per space: live parametric ops, reference percentile; a colour per arm."""
+    """Per space two rows (live parametric ops, reference percentile), a column per arm:
+    every seed as a thin line, the median over the seeds still running as a thick one."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     spaces = sorted({r["space"] for r in results})
-    fig = Figure(figsize=(5.0 * len(spaces), 6.4), constrained_layout=True)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, len(spaces), squeeze=False)
     arms = [a for a in ARMS if any(r["arm"] == a for r in results)] + sorted(
         {r["arm"] for r in results} - set(ARMS))
-    for col, space in enumerate(spaces):
-        for i, arm in enumerate(arms):
-            first = True
-            for r in (r for r in results if r["space"] == space and r["arm"] == arm):
-                rows = read_rows(out / space / f"{arm}-s{r['seed']}" / "trajectory.csv")
-                if not rows:
-                    continue
-                jitter = 0.08 * (i - len(arms) / 2)  # separate overlapping integer lines
-                axes[0][col].plot([x["alpha_steps"] for x in rows],
-                                  [x["live_parametric"] + jitter for x in rows], lw=0.8,
-                                  alpha=0.7, color=f"C{i}", label=arm if first else None)
-                pts = [(x["alpha_steps"], x["percentile"]) for x in rows
-                       if x["percentile"] is not None]
-                if pts:
-                    axes[1][col].plot(*zip(*pts, strict=True), marker="o", ms=2.5, lw=0.8,
-                                      alpha=0.7, color=f"C{i}")
-                first = False
-        axes[0][col].set(title=space, ylabel="live parametric ops")
-        axes[1][col].set(xlabel="alpha steps", ylabel="reference percentile", ylim=(-2, 102))
-        for ax in axes[:, col]:
-            ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    fig = Figure(figsize=(2.4 * len(arms) + 0.6, 4.4 * len(spaces)), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2 * len(spaces), len(arms), squeeze=False, sharex=True)
+    rows_of = (("live_parametric", "live parametric ops", (-0.3, 6.3)),
+               ("percentile", "reference percentile", (-2, 102)))
+    for si, space in enumerate(spaces):
+        for col, arm in enumerate(arms):
+            runs = [read_rows(out / space / f"{arm}-s{r['seed']}" / "trajectory.csv")
+                    for r in results if r["space"] == space and r["arm"] == arm]
+            runs = [x for x in runs if x]
+            for ri, (key, label, ylim) in enumerate(rows_of):
+                ax = axes[2 * si + ri][col]
+                series = []
+                for rows in runs:
+                    pts = [(x["alpha_steps"], x[key]) for x in rows if x.get(key) is not None]
+                    if pts:
+                        series.append(pts)
+                        ax.plot(*zip(*pts, strict=True), lw=0.6, alpha=0.35, color=f"C{col}",
+                                drawstyle="steps-post")
+                if series:
+                    ax.plot(*_median_course(series), lw=2.0, color=f"C{col}",
+                            drawstyle="steps-post")
+                ax.set(ylim=ylim)
+                ax.grid(alpha=0.3)
+                if ri == 0:
+                    ax.set_title(f"{space}: {arm} ({len(runs)} seeds)", fontsize=9)
+                if col == 0:
+                    ax.set_ylabel(label)
+                if 2 * si + ri == 2 * len(spaces) - 1:
+                    ax.set_xlabel("alpha steps")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 # --------------------------------------------------------------------------- CLI
