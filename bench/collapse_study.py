@@ -705,24 +705,28 @@ def heldout_report(folders: list[str], reference: str | None, seeds: int = 8) ->
     return "\n".join(lines) + "\n"
 
 
-def _median_course(series: list[list[tuple[int, float]]]) -> tuple[list[int], list[float]]:
-    """Median over the runs still going at each logged alpha step (a run's value holds until
-    its next logged point; a run that stopped early drops out after its last point)."""
+def _median_course(series: list[list[tuple[int, float]]]
+                   ) -> tuple[list[int], list[float], list[int]]:
+    """Median over the runs still going at each logged alpha step, and how many those are (a
+    run's value holds until its next logged point; a run that stopped early drops out after its
+    last point)."""
     import bisect
 
     grid = sorted({step for pts in series for step, _ in pts})
     keys = [[step for step, _ in pts] for pts in series]
-    med = []
+    med, count = [], []
     for g in grid:
         vals = [pts[bisect.bisect_right(k, g) - 1][1]
                 for pts, k in zip(series, keys, strict=True) if k[0] <= g <= k[-1]]
         med.append(statistics.median(vals))
-    return grid, med
+        count.append(len(vals))
+    return grid, med, count
 
 
 def plot(out: Path, results: list[dict[str, Any]], path: Path) -> None:
     """Per space two rows (live parametric ops, reference percentile), a column per arm:
-    every seed as a thin line, the median over the seeds still running as a thick one."""
+    every seed as a thin line and, while at least half of them are still running, their median
+    as a thick one."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -749,8 +753,10 @@ def plot(out: Path, results: list[dict[str, Any]], path: Path) -> None:
                         ax.plot(*zip(*pts, strict=True), lw=0.6, alpha=0.35, color=f"C{col}",
                                 drawstyle="steps-post")
                 if series:
-                    ax.plot(*_median_course(series), lw=2.0, color=f"C{col}",
-                            drawstyle="steps-post")
+                    grid, med, count = _median_course(series)
+                    med = [m if 2 * n >= len(series) else math.nan
+                           for m, n in zip(med, count, strict=True)]
+                    ax.plot(grid, med, lw=2.0, color=f"C{col}", drawstyle="steps-post")
                 ax.set(ylim=ylim)
                 ax.grid(alpha=0.3)
                 if ri == 0:

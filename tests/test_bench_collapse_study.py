@@ -339,8 +339,9 @@ def test_median_course_holds_values_and_drops_finished_runs(study) -> None:
     a = [(0, 1.0), (10, 3.0), (20, 5.0)]
     b = [(0, 2.0), (5, 0.0)]
     c = [(10, 6.0), (30, 4.0)]
-    grid, med = study._median_course([a, b, c])
+    grid, med, count = study._median_course([a, b, c])
     assert grid == [0, 5, 10, 20, 30]
+    assert count == [2, 2, 2, 2, 1]
     # step 0: a 1, b 2 -> 1.5; step 5: a 1 (held), b 0 -> 0.5; step 10: a 3, c 6 (b has
     # stopped) -> 4.5; step 20: a 5, c 6 -> 5.5; step 30: c 4 only (a stopped at 20)
     assert med == [1.5, 0.5, 4.5, 5.5, 4.0]
