@@ -30,6 +30,7 @@ skipped; unfinished ones start over).
 from __future__ import annotations
 
 import argparse
+import bisect
 import csv
 import itertools
 import json
@@ -710,8 +711,6 @@ def _median_course(series: list[list[tuple[int, float]]]
     """Median over the runs still going at each logged alpha step, and how many those are (a
     run's value holds until its next logged point; a run that stopped early drops out after its
     last point)."""
-    import bisect
-
     grid = sorted({step for pts in series for step, _ in pts})
     keys = [[step for step, _ in pts] for pts in series]
     med, count = [], []
@@ -731,8 +730,7 @@ def plot(out: Path, results: list[dict[str, Any]], path: Path) -> None:
     from matplotlib.figure import Figure
 
     spaces = sorted({r["space"] for r in results})
-    arms = [a for a in ARMS if any(r["arm"] == a for r in results)] + sorted(
-        {r["arm"] for r in results} - set(ARMS))
+    arms = _by_arm(results)[1]
     fig = Figure(figsize=(2.4 * len(arms) + 0.6, 4.4 * len(spaces)), constrained_layout=True)
     FigureCanvasAgg(fig)
     axes = fig.subplots(2 * len(spaces), len(arms), squeeze=False, sharex=True)
